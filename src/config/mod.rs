@@ -1,0 +1,598 @@
+//! The TOML config file: its shape (every section and key), strict loading (unknown keys are
+//! errors) and validation, with every error naming the file line and the key.
+//!
+//! The file is read on the control side only; cores see the compiled [`crate::snapshot::Snapshot`].
+
+mod duration;
+
+pub use duration::{parse_duration, ConfigDuration};
+
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+use toml::Spanned;
+
+/// Largest `limits.max_headers` accepted (the parser's header array lives on the stack).
+pub const MAX_HEADERS_CEILING: usize = 256;
+
+/// One problem found in a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read config: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A syntax, type or value error at a known line.
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        message: String,
+    },
+}
+
+/// `[gateway]`: process-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// Worker threads; 0 means one per CPU of the process's affinity set.
+    pub workers: usize,
+    /// Pin each worker to one CPU.
+    pub pin: bool,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub drain_timeout: ConfigDuration,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        GatewaySection {
+            workers: 0,
+            pin: true,
+            drain_timeout: ConfigDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// `[logging]`: process log settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingSection {
+    /// A `tracing` env-filter directive such as `info` or `credentialflow=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        LoggingSection {
+            level: "info".to_string(),
+            format: LogFormat::Human,
+        }
+    }
+}
+
+/// `[limits]`: request size limits and client-side timeouts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+    /// Default request body limit for routes; 0 means unlimited.
+    pub max_body_bytes: u64,
+    pub head_timeout: ConfigDuration,
+    pub idle_timeout: ConfigDuration,
+    pub body_timeout: ConfigDuration,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_head_bytes: 16 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            head_timeout: ConfigDuration(Duration::from_secs(10)),
+            idle_timeout: ConfigDuration(Duration::from_secs(60)),
+            body_timeout: ConfigDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// `[[listeners]]`: one address the gateway accepts client connections on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+}
+
+/// How an upstream spreads requests over its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+    LeastOutstanding,
+}
+
+/// `[[upstreams]]`: a named group of backend targets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub name: Spanned<String>,
+    pub targets: Spanned<Vec<Spanned<String>>>,
+    #[serde(default = "default_balance")]
+    pub balance: Balance,
+    /// Idle keep-alive connections kept per core per target; 0 disables pooling.
+    #[serde(default = "default_keepalive")]
+    pub keepalive: usize,
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: ConfigDuration,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: ConfigDuration,
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: ConfigDuration,
+    /// Consecutive failures before a target is ejected.
+    #[serde(default = "default_max_fails")]
+    pub max_fails: u32,
+    /// How long an ejected target stays out before it is tried again.
+    #[serde(default = "default_fail_timeout")]
+    pub fail_timeout: ConfigDuration,
+}
+
+fn default_balance() -> Balance {
+    Balance::RoundRobin
+}
+fn default_keepalive() -> usize {
+    64
+}
+fn default_keepalive_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(60))
+}
+fn default_connect_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(2))
+}
+fn default_response_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+fn default_max_fails() -> u32 {
+    3
+}
+fn default_fail_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(10))
+}
+
+/// `[[apis]]`: a named product made of routes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+}
+
+/// How a route's `path` is compared with the request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathMatch {
+    /// The path itself or anything below it (segment-aware: `/api` matches `/api/x`, not `/apix`).
+    Prefix,
+    /// Only the path itself.
+    Exact,
+}
+
+/// `[[apis.routes]]`: hosts + path + methods → upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub path: Spanned<String>,
+    #[serde(default = "default_path_match")]
+    pub path_match: PathMatch,
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// Listener names the route is served on; empty means all.
+    #[serde(default)]
+    pub listeners: Vec<Spanned<String>>,
+    pub upstream: Spanned<String>,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Overrides `limits.max_body_bytes`; 0 means unlimited.
+    pub max_body_bytes: Option<u64>,
+}
+
+fn default_path_match() -> PathMatch {
+    PathMatch::Prefix
+}
+
+/// The whole config file, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    #[serde(default)]
+    pub logging: LoggingSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub listeners: Vec<ListenerSection>,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamSection>,
+    #[serde(default)]
+    pub apis: Vec<ApiSection>,
+    /// Resolved addresses, filled by validation (not part of the file).
+    #[serde(skip)]
+    pub resolved: Resolved,
+}
+
+/// Addresses resolved on the control side, so that no core ever does a DNS lookup.
+#[derive(Debug, Clone, Default)]
+pub struct Resolved {
+    /// One address per listener, in file order.
+    pub listeners: Vec<SocketAddr>,
+    /// Per upstream (file order), one address per target.
+    pub upstream_targets: Vec<Vec<SocketAddr>>,
+}
+
+/// Collects errors against one source text, turning byte offsets into line numbers.
+struct Problems<'a> {
+    path: &'a str,
+    source: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Problems<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.source.len());
+        self.source.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn at(&mut self, offset: usize, message: String) {
+        let line = self.line_of(offset);
+        self.errors.push(ConfigError::Invalid {
+            path: self.path.to_string(),
+            line,
+            message,
+        });
+    }
+
+    fn on<T>(&mut self, spanned: &Spanned<T>, message: String) {
+        self.at(spanned.span().start, message);
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let display = path.display().to_string();
+        let source = std::fs::read_to_string(path).map_err(|source| {
+            vec![ConfigError::Read {
+                path: display.clone(),
+                source,
+            }]
+        })?;
+        Config::parse(&display, &source)
+    }
+
+    /// Parses and validates config text; `path` is only used in error messages.
+    pub fn parse(path: &str, source: &str) -> Result<Config, Vec<ConfigError>> {
+        let mut problems = Problems {
+            path,
+            source,
+            errors: Vec::new(),
+        };
+        let mut config: Config = match toml::from_str(source) {
+            Ok(config) => config,
+            Err(err) => {
+                let offset = err.span().map(|s| s.start).unwrap_or(0);
+                let line = problems.line_of(offset);
+                let text = source.lines().nth(line - 1).unwrap_or("").trim();
+                let message = err.message().trim().replace('\n', " ");
+                problems.at(offset, format!("{message} (in `{text}`)"));
+                return Err(problems.errors);
+            }
+        };
+        config.validate(&mut problems);
+        if problems.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems.errors)
+        }
+    }
+
+    fn validate(&mut self, p: &mut Problems<'_>) {
+        self.validate_limits(p);
+        let listener_names = self.validate_listeners(p);
+        let upstream_names = self.validate_upstreams(p);
+        self.validate_apis(p, &listener_names, &upstream_names);
+    }
+
+    fn validate_limits(&self, p: &mut Problems<'_>) {
+        let l = &self.limits;
+        let checks = [
+            (
+                l.max_head_bytes < 256,
+                "limits.max_head_bytes must be at least 256",
+            ),
+            (
+                l.max_head_bytes > 1024 * 1024,
+                "limits.max_head_bytes must be at most 1048576",
+            ),
+            (l.max_headers == 0, "limits.max_headers must be at least 1"),
+            (
+                l.max_headers > MAX_HEADERS_CEILING,
+                "limits.max_headers must be at most 256",
+            ),
+            (
+                l.max_uri_bytes == 0,
+                "limits.max_uri_bytes must be at least 1",
+            ),
+        ];
+        for (bad, message) in checks {
+            if bad {
+                let offset = p.source.find("[limits]").unwrap_or(0);
+                p.at(offset, message.to_string());
+            }
+        }
+    }
+
+    fn validate_listeners(&mut self, p: &mut Problems<'_>) -> Vec<String> {
+        if self.listeners.is_empty() {
+            p.at(0, "at least one [[listeners]] is required".to_string());
+        }
+        let mut names = Vec::new();
+        let mut seen_addrs = HashSet::new();
+        for listener in &self.listeners {
+            check_name(p, &listener.name, "listeners.name", &mut names);
+            match listener.address.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => {
+                    if !seen_addrs.insert(addr) {
+                        p.on(
+                            &listener.address,
+                            format!("listeners.address `{addr}` is used twice"),
+                        );
+                    }
+                    self.resolved.listeners.push(addr);
+                }
+                Err(_) => p.on(
+                    &listener.address,
+                    format!(
+                        "listeners.address `{}` must be IP:PORT (e.g. \"0.0.0.0:8080\")",
+                        listener.address.get_ref()
+                    ),
+                ),
+            }
+        }
+        names
+    }
+
+    fn validate_upstreams(&mut self, p: &mut Problems<'_>) -> Vec<String> {
+        let mut names = Vec::new();
+        for upstream in &self.upstreams {
+            check_name(p, &upstream.name, "upstreams.name", &mut names);
+            if upstream.targets.get_ref().is_empty() {
+                p.on(
+                    &upstream.targets,
+                    "upstreams.targets needs at least one host:port".to_string(),
+                );
+            }
+            let mut addrs = Vec::new();
+            for target in upstream.targets.get_ref() {
+                match resolve_target(target.get_ref()) {
+                    Ok(addr) => addrs.push(addr),
+                    Err(message) => p.on(target, format!("upstreams.targets: {message}")),
+                }
+            }
+            if upstream.max_fails == 0 {
+                p.on(
+                    &upstream.name,
+                    "upstreams.max_fails must be at least 1".to_string(),
+                );
+            }
+            self.resolved.upstream_targets.push(addrs);
+        }
+        names
+    }
+
+    fn validate_apis(&self, p: &mut Problems<'_>, listeners: &[String], upstreams: &[String]) {
+        let mut api_names = Vec::new();
+        for api in &self.apis {
+            check_name(p, &api.name, "apis.name", &mut api_names);
+            for route in &api.routes {
+                let path = route.path.get_ref();
+                if !path.starts_with('/') {
+                    p.on(
+                        &route.path,
+                        format!("apis.routes.path `{path}` must start with '/'"),
+                    );
+                } else if path.contains(['{', '}', '*', '?', '#', ' ']) {
+                    p.on(
+                        &route.path,
+                        format!("apis.routes.path `{path}` must be a literal path (no '{{', '}}', '*', '?', '#', spaces)"),
+                    );
+                }
+                if !upstreams.iter().any(|u| u == route.upstream.get_ref()) {
+                    p.on(
+                        &route.upstream,
+                        format!(
+                            "apis.routes.upstream `{}` names no [[upstreams]]",
+                            route.upstream.get_ref()
+                        ),
+                    );
+                }
+                for listener in &route.listeners {
+                    if !listeners.iter().any(|l| l == listener.get_ref()) {
+                        p.on(
+                            listener,
+                            format!(
+                                "apis.routes.listeners `{}` names no [[listeners]]",
+                                listener.get_ref()
+                            ),
+                        );
+                    }
+                }
+                for method in &route.methods {
+                    let m = method.get_ref();
+                    if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                        p.on(
+                            method,
+                            format!("apis.routes.methods `{m}` must be an upper-case method name such as GET"),
+                        );
+                    }
+                }
+                for host in &route.hosts {
+                    if let Err(message) = check_host_pattern(host.get_ref()) {
+                        p.on(host, format!("apis.routes.hosts: {message}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Number of worker threads to start, given the CPUs the process may run on.
+    pub fn worker_count(&self, available_cpus: usize) -> usize {
+        if self.gateway.workers == 0 {
+            available_cpus.max(1)
+        } else {
+            self.gateway.workers
+        }
+    }
+}
+
+fn check_name(p: &mut Problems<'_>, name: &Spanned<String>, key: &str, seen: &mut Vec<String>) {
+    let text = name.get_ref();
+    if text.is_empty() {
+        p.on(name, format!("{key} must not be empty"));
+    } else if seen.iter().any(|s| s == text) {
+        p.on(name, format!("{key} `{text}` is used twice"));
+    }
+    seen.push(text.clone());
+}
+
+/// Resolves `host:port` to one socket address (first answer), on the control side.
+fn resolve_target(target: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = target.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !target.contains(':') {
+        return Err(format!("`{target}` must be host:port"));
+    }
+    match target.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("`{target}` resolved to no address")),
+        Err(err) => Err(format!("`{target}` cannot be resolved: {err}")),
+    }
+}
+
+fn check_host_pattern(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{host}` must be a host name (e.g. \"api.example.com\") or a wildcard (\"*.example.com\")"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[listeners]]
+name = "public"
+address = "127.0.0.1:8080"
+
+[[upstreams]]
+name = "app"
+targets = ["127.0.0.1:9000"]
+
+[[apis]]
+name = "demo"
+[[apis.routes]]
+path = "/"
+upstream = "app"
+"#;
+
+    fn errors(source: &str) -> Vec<String> {
+        Config::parse("test.toml", source)
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let config = Config::parse("test.toml", MINIMAL).unwrap();
+        assert_eq!(config.limits.max_head_bytes, 16384);
+        assert_eq!(config.resolved.listeners[0].port(), 8080);
+        assert_eq!(config.resolved.upstream_targets[0][0].port(), 9000);
+        assert_eq!(config.upstreams[0].keepalive, 64);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let source = MINIMAL.replace("name = \"app\"", "name = \"app\"\nbogus = 1");
+        let errs = errors(&source);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("test.toml:8:"), "{errs:?}");
+        assert!(errs[0].contains("bogus"), "{errs:?}");
+    }
+
+    #[test]
+    fn bad_duration_names_line() {
+        let source = format!("[limits]\nhead_timeout = \"ten\"\n{MINIMAL}");
+        let errs = errors(&source);
+        assert!(errs[0].starts_with("test.toml:2:"), "{errs:?}");
+        assert!(errs[0].contains("head_timeout"), "{errs:?}");
+    }
+
+    #[test]
+    fn unknown_upstream_reference_names_line() {
+        let source = MINIMAL.replace("upstream = \"app\"", "upstream = \"nope\"");
+        let errs = errors(&source);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("test.toml:14:"), "{errs:?}");
+        assert!(errs[0].contains("nope"), "{errs:?}");
+    }
+
+    #[test]
+    fn several_errors_are_all_reported() {
+        let source = MINIMAL
+            .replace("127.0.0.1:8080", "localhost")
+            .replace("path = \"/\"", "path = \"api\"");
+        assert_eq!(errors(&source).len(), 2);
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let errs = errors("[gateway]\nworkers = = 2\n");
+        assert!(errs[0].starts_with("test.toml:2:"), "{errs:?}");
+    }
+}

@@ -1,0 +1,92 @@
+//! The process lifecycle on the control side: load and validate the config, start the cores,
+//! wait for signals, and drain on SIGTERM/SIGINT (a second signal exits at once).
+
+use crate::config::{Config, ConfigError};
+use crate::observe::init_logging;
+use crate::runtime::{
+    allowed_cpus, block_control_signals, raise_nofile_limit, start_workers, stop_workers,
+    wait_for_signal,
+};
+use crate::snapshot::Snapshot;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Loads a config, printing every error to stderr. `None` when it is not valid.
+pub fn load_config(path: &Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            report_config_errors(&errors);
+            None
+        }
+    }
+}
+
+/// Prints config errors, one per line, to stderr.
+pub fn report_config_errors(errors: &[ConfigError]) {
+    for error in errors {
+        eprintln!("{error}");
+    }
+    eprintln!(
+        "{} error{} in config",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
+}
+
+/// Runs the gateway until SIGTERM/SIGINT; returns the process exit code.
+///
+/// `on_ready` runs once every core listens (the demo prints its hints there).
+pub fn serve(config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
+    init_logging(&config.logging.level, config.logging.format);
+    let nofile = raise_nofile_limit();
+    block_control_signals();
+    for address in &config.resolved.listeners {
+        // A listener held by another process (even with SO_REUSEPORT) makes this bind fail,
+        // so two gateways never silently share a port.
+        if let Err(err) = std::net::TcpListener::bind(address) {
+            tracing::error!(%address, error = %err, "cannot listen");
+            return 1;
+        }
+    }
+    let snapshot = Arc::new(Snapshot::compile(&config));
+    let cpus = allowed_cpus();
+    let worker_count = config.worker_count(cpus.len());
+    let workers = match start_workers(snapshot.clone(), worker_count, config.gateway.pin) {
+        Ok(workers) => workers,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start");
+            return 1;
+        }
+    };
+    for listener in &snapshot.listeners {
+        tracing::info!(listener = %listener.name, address = %listener.address, "listening");
+    }
+    tracing::info!(
+        workers = worker_count,
+        pinned = config.gateway.pin,
+        nofile_limit = nofile,
+        "credentialflow ready"
+    );
+    on_ready(&snapshot);
+    loop {
+        let signal = wait_for_signal();
+        if signal == libc::SIGHUP {
+            tracing::warn!("SIGHUP received: live configuration reload is not available yet; restart to apply changes");
+            continue;
+        }
+        tracing::info!(signal, drain_timeout = ?snapshot.drain_timeout, "shutting down: draining in-flight requests");
+        break;
+    }
+    std::thread::spawn(|| {
+        let signal = wait_for_signal();
+        tracing::warn!(
+            signal,
+            "second signal: exiting without waiting for the drain"
+        );
+        std::process::exit(1);
+    });
+    stop_workers(workers);
+    tracing::info!("stopped");
+    0
+}

@@ -1,0 +1,221 @@
+//! `credentialflow demo`: the gateway on `config/demo.toml` plus a small built-in upstream that
+//! answers every request with what it received (method, path, headers, body size) as JSON.
+
+use crate::config::Config;
+use crate::control::{report_config_errors, serve};
+use crate::http::chunked::ChunkedScanner;
+use crate::http::BodyFraming;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+/// The demo config, used when `config/demo.toml` is not in the working directory.
+const BUNDLED_DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
+/// Runs the demo until SIGTERM/SIGINT; returns the exit code.
+pub fn run(config_path: &Path) -> i32 {
+    let (name, source) = match std::fs::read_to_string(config_path) {
+        Ok(source) => (config_path.display().to_string(), source),
+        Err(_) => (
+            "(bundled demo.toml)".to_string(),
+            BUNDLED_DEMO_CONFIG.to_string(),
+        ),
+    };
+    let config = match Config::parse(&name, &source) {
+        Ok(config) => config,
+        Err(errors) => {
+            report_config_errors(&errors);
+            return 1;
+        }
+    };
+    let Some(upstream_address) = config
+        .resolved
+        .upstream_targets
+        .first()
+        .and_then(|t| t.first())
+        .copied()
+    else {
+        eprintln!("{name}: the demo needs one [[upstreams]] whose first target is where the demo upstream listens");
+        return 1;
+    };
+    let listener = match TcpListener::bind(upstream_address) {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("demo upstream: cannot listen on {upstream_address}: {err}");
+            return 1;
+        }
+    };
+    std::thread::Builder::new()
+        .name("demo-upstream".into())
+        .spawn(move || serve_echo(listener))
+        .expect("spawn demo upstream");
+    serve(config, |snapshot| {
+        let address = snapshot.listeners[0].address;
+        println!("Credentialflow demo is up: gateway on http://{address}, demo upstream on http://{upstream_address}");
+        println!("Try:");
+        println!("  curl -i http://{address}/echo/hello");
+        println!("  curl -i -X POST --data 'hello gateway' http://{address}/echo/items");
+        println!("  curl -i http://{address}/nowhere            # 404 problem+json");
+        println!("  curl -i -X DELETE http://{address}/echo/x   # 405 with Allow");
+        println!("Stop with Ctrl-C.");
+    })
+}
+
+/// Accepts connections forever, one thread each.
+pub fn serve_echo(listener: TcpListener) {
+    for stream in listener.incoming().flatten() {
+        let _ = std::thread::Builder::new()
+            .name("demo-conn".into())
+            .spawn(move || {
+                let _ = echo_connection(stream);
+            });
+    }
+}
+
+/// Starts the echo upstream on `address` in a background thread; returns the bound address.
+pub fn spawn_echo(address: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(address)?;
+    let bound = listener.local_addr()?;
+    std::thread::spawn(move || serve_echo(listener));
+    Ok(bound)
+}
+
+fn echo_connection(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let (head_len, framing, keep_alive, body_json) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 100];
+            let mut req = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
+                let mut framing = BodyFraming::None;
+                let mut keep_alive = req.version == Some(1);
+                let mut header_json = String::new();
+                for h in req.headers.iter() {
+                    let value = String::from_utf8_lossy(h.value);
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        framing = BodyFraming::Length(value.trim().parse().unwrap_or(0));
+                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                        framing = BodyFraming::Chunked;
+                    } else if h.name.eq_ignore_ascii_case("connection") {
+                        keep_alive = !value.eq_ignore_ascii_case("close");
+                    }
+                    if !header_json.is_empty() {
+                        header_json.push(',');
+                    }
+                    header_json.push_str(&format!(
+                        "{}:{}",
+                        json_string(h.name),
+                        json_string(&value)
+                    ));
+                }
+                let json = format!(
+                    "{{\"method\":{},\"path\":{},\"headers\":{{{header_json}}}",
+                    json_string(req.method.unwrap_or("")),
+                    json_string(req.path.unwrap_or(""))
+                );
+                break (n, framing, keep_alive, json);
+            }
+            if buf.len() > 64 * 1024 {
+                return Ok(());
+            }
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        buf.drain(..head_len);
+        let body_bytes = read_body(&mut stream, &mut buf, framing, &mut chunk)?;
+        let body = format!("{body_json},\"body_bytes\":{body_bytes}}}\n");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if keep_alive { "" } else { "Connection: close\r\n" }
+        );
+        stream.write_all(response.as_bytes())?;
+        if !keep_alive {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads (and discards) one request body; leaves bytes of a following request in `buf`.
+fn read_body(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    framing: BodyFraming,
+    chunk: &mut [u8],
+) -> std::io::Result<u64> {
+    let mut scanner = ChunkedScanner::new();
+    let mut remaining = match framing {
+        BodyFraming::Length(n) => n,
+        _ => 0,
+    };
+    let mut data_bytes = 0u64;
+    loop {
+        match framing {
+            BodyFraming::Length(_) => {
+                let take = (buf.len() as u64).min(remaining) as usize;
+                buf.drain(..take);
+                remaining -= take as u64;
+                data_bytes += take as u64;
+                if remaining == 0 {
+                    return Ok(data_bytes);
+                }
+            }
+            BodyFraming::Chunked => {
+                let consumed = scanner
+                    .scan(buf, |a, b| data_bytes += (b - a) as u64)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                buf.drain(..consumed);
+                if scanner.is_done() {
+                    return Ok(data_bytes);
+                }
+            }
+            _ => return Ok(0),
+        }
+        let n = stream.read(chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Quotes a string as a JSON string literal.
+pub fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+    }
+
+    #[test]
+    fn bundled_demo_config_is_valid() {
+        Config::parse("demo.toml", BUNDLED_DEMO_CONFIG).unwrap();
+    }
+}

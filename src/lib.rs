@@ -1,0 +1,18 @@
+//! Credentialflow: an edge API gateway on an io_uring thread-per-core data plane.
+//!
+//! Module map (see `docs/ARCHITECTURE.md`): [`config`] reads the TOML file, [`snapshot`] compiles
+//! it into the immutable view the cores serve from, [`router`] selects routes, [`http`] holds the
+//! strict HTTP/1.1 wire rules, [`proxy`] is one core's request path, [`upstream`] the per-core
+//! pools and health, [`runtime`] the worker threads, [`control`] the process lifecycle,
+//! [`demo`] the built-in demo upstream, [`observe`] logging.
+
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod http;
+pub mod observe;
+pub mod proxy;
+pub mod router;
+pub mod runtime;
+pub mod snapshot;
+pub mod upstream;

@@ -1,0 +1,947 @@
+//! The data plane of one core: the per-core context and the request loop of one client
+//! connection (read head → route → forward → relay response), following DESIGN §2.
+//!
+//! Everything here runs on the core's own monoio reactor; the only shared data is the immutable
+//! snapshot behind an `Arc` (read, never cloned per request).
+
+pub mod io;
+pub mod request_id;
+
+use crate::config::MAX_HEADERS_CEILING;
+use crate::http::chunked::ChunkedScanner;
+use crate::http::headers::is_hop_by_hop;
+use crate::http::problem::write_problem;
+use crate::http::request::{self, HeadLimits, Request};
+use crate::http::response::{self, Response};
+use crate::http::{BodyFraming, HeadError};
+use crate::router::RouteMatch;
+use crate::runtime::drain::DrainSignal;
+use crate::snapshot::{Snapshot, Upstream};
+use crate::upstream::UpstreamPools;
+use io::{read_more, write_all, write_range, IoFail};
+use monoio::net::TcpStream;
+use request_id::{RequestId, RequestIds};
+use std::cell::{Cell, RefCell};
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Bytes kept free at the end of a buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Larger reads while a body streams through.
+const BODY_CHUNK: usize = 64 * 1024;
+
+/// Per-core state shared by all connections of one core (single-threaded).
+pub struct Core {
+    pub id: usize,
+    pub snapshot: Arc<Snapshot>,
+    pub pools: RefCell<UpstreamPools>,
+    pub drain: DrainSignal,
+    pub active_connections: Cell<usize>,
+    pub request_ids: RequestIds,
+}
+
+impl Core {
+    pub fn new(id: usize, snapshot: Arc<Snapshot>, seed: u64) -> Core {
+        Core {
+            id,
+            pools: RefCell::new(UpstreamPools::new(&snapshot.upstreams)),
+            snapshot,
+            drain: DrainSignal::default(),
+            active_connections: Cell::new(0),
+            request_ids: RequestIds::new(seed, id),
+        }
+    }
+}
+
+/// What to do with the client connection after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// The request facts the exchange needs once the head's borrow of the buffer has ended.
+struct Prepared {
+    head_len: usize,
+    framing: BodyFraming,
+    client_keep_alive: bool,
+    client_minor: u8,
+    expect_continue: bool,
+    is_head: bool,
+    idempotent: bool,
+    upstream: usize,
+    max_body: u64,
+    request_id: RequestId,
+}
+
+/// A request refused before anything was sent upstream.
+struct Reject {
+    status: u16,
+    /// For 405: the `Allow` header line.
+    allow: Option<String>,
+    request_id: RequestId,
+}
+
+/// How the upstream's response body reaches the client.
+struct ResponsePlan {
+    head_len: usize,
+    framing: BodyFraming,
+    /// Chunked upstream body forwarded de-chunked (HTTP/1.0 client).
+    dechunk: bool,
+    client_keep_alive: bool,
+    upstream_keep_alive: bool,
+}
+
+/// Counts one outstanding request on a target for least-outstanding balancing.
+struct Outstanding {
+    core: Rc<Core>,
+    upstream: usize,
+    target: usize,
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.core.pools.borrow_mut().end(self.upstream, self.target);
+    }
+}
+
+/// Failure while talking to the upstream, before the response reached the client.
+enum UpstreamFail {
+    /// Status for the client (502/503/504).
+    Status(u16),
+    /// A reused keep-alive connection was closed before any response byte: safe to resend.
+    Stale,
+    /// The client's body broke framing or limits: answer this status, blame no target.
+    Client(u16),
+    /// The client went away or misbehaved; just close.
+    ClientGone,
+}
+
+/// One client connection.
+struct Connection {
+    core: Rc<Core>,
+    listener: usize,
+    client: TcpStream,
+    peer_ip: IpAddr,
+    inbuf: Vec<u8>,
+    pos: usize,
+    out: Vec<u8>,
+    ubuf: Vec<u8>,
+    served: u64,
+}
+
+/// Serves one accepted client connection until it closes.
+pub async fn serve_connection(
+    core: Rc<Core>,
+    listener: usize,
+    client: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = client.set_nodelay(true);
+    core.active_connections
+        .set(core.active_connections.get() + 1);
+    let mut conn = Connection {
+        core: core.clone(),
+        listener,
+        client,
+        peer_ip: peer.ip(),
+        inbuf: Vec::with_capacity(READ_CHUNK),
+        pos: 0,
+        out: Vec::with_capacity(4096),
+        ubuf: Vec::new(),
+        served: 0,
+    };
+    conn.run().await;
+    core.active_connections
+        .set(core.active_connections.get() - 1);
+}
+
+impl Connection {
+    async fn run(&mut self) {
+        loop {
+            if self.pos >= self.inbuf.len() {
+                self.inbuf.clear();
+                self.pos = 0;
+            } else if self.pos > 0 {
+                self.inbuf.drain(..self.pos);
+                self.pos = 0;
+            }
+            let prepared = match self.read_request().await {
+                Some(Ok(prepared)) => prepared,
+                Some(Err(reject)) => {
+                    if self.reject(reject).await == Next::Close {
+                        return;
+                    }
+                    continue;
+                }
+                None => return,
+            };
+            self.served += 1;
+            if self.exchange(prepared).await == Next::Close {
+                return;
+            }
+        }
+    }
+
+    /// Reads and prepares the next request head. `None` means close the connection quietly
+    /// (or after an error response already written).
+    async fn read_request(&mut self) -> Option<Result<Prepared, Reject>> {
+        let core = self.core.clone();
+        let limits = &core.snapshot.limits;
+        let head_limits = HeadLimits {
+            max_head_bytes: limits.max_head_bytes,
+            max_uri_bytes: limits.max_uri_bytes,
+        };
+        let mut head_deadline = (self.served == 0).then(|| Instant::now() + limits.head_timeout);
+        loop {
+            if self.inbuf.len() > self.pos {
+                if head_deadline.is_none() {
+                    head_deadline = Some(Instant::now() + limits.head_timeout);
+                }
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CEILING];
+                let parsed = request::parse(
+                    &self.inbuf[self.pos..],
+                    &mut headers[..limits.max_headers],
+                    head_limits,
+                );
+                match parsed {
+                    Ok(Some(req)) => {
+                        return Some(prepare(
+                            &core,
+                            self.listener,
+                            self.peer_ip,
+                            &req,
+                            &mut self.out,
+                        ))
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::debug!(core = core.id, error = %err, "refused request head");
+                        self.respond_error(err.status(), RequestId::default()).await;
+                        return None;
+                    }
+                }
+            }
+            let waiting_idle = head_deadline.is_none();
+            let deadline = head_deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+            let read = read_more(&mut self.client, &mut self.inbuf, READ_CHUNK, deadline);
+            let result = if waiting_idle {
+                monoio::select! {
+                    result = read => result,
+                    _ = core.drain.wait() => return None,
+                }
+            } else {
+                read.await
+            };
+            match result {
+                Ok(_) => {}
+                Err(IoFail::Timeout) if !waiting_idle && self.inbuf.len() > self.pos => {
+                    self.respond_error(408, RequestId::default()).await;
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Answers a request refused before forwarding; keeps the connection when possible.
+    async fn reject(&mut self, reject: Reject) -> Next {
+        let head_len = self.pending_head_len();
+        let close = head_len.is_none() || self.core.drain.is_draining();
+        if let Some(len) = head_len {
+            self.pos += len;
+        }
+        self.out.clear();
+        let allow = reject.allow.as_deref().unwrap_or("");
+        write_problem(
+            &mut self.out,
+            reject.status,
+            close,
+            reject.request_id.as_bytes(),
+            allow.as_bytes(),
+        );
+        let timeout = self.core.snapshot.limits.body_timeout;
+        if write_all(&mut self.client, &mut self.out, timeout)
+            .await
+            .is_err()
+            || close
+        {
+            return Next::Close;
+        }
+        Next::KeepAlive
+    }
+
+    /// For a refused request: its head length when it has no body and the client keeps the
+    /// connection (so the next request can follow), otherwise `None`.
+    fn pending_head_len(&self) -> Option<usize> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CEILING];
+        let limits = &self.core.snapshot.limits;
+        let head_limits = HeadLimits {
+            max_head_bytes: limits.max_head_bytes,
+            max_uri_bytes: limits.max_uri_bytes,
+        };
+        match request::parse(
+            &self.inbuf[self.pos..],
+            &mut headers[..limits.max_headers],
+            head_limits,
+        ) {
+            Ok(Some(req)) if req.framing == BodyFraming::None && req.client_keep_alive() => {
+                Some(req.head_len)
+            }
+            _ => None,
+        }
+    }
+
+    /// Writes a problem response and marks the connection for closing.
+    async fn respond_error(&mut self, status: u16, request_id: RequestId) {
+        self.out.clear();
+        write_problem(&mut self.out, status, true, request_id.as_bytes(), b"");
+        let timeout = self.core.snapshot.limits.body_timeout;
+        let _ = write_all(&mut self.client, &mut self.out, timeout).await;
+    }
+
+    /// Forwards one prepared request and relays the response.
+    async fn exchange(&mut self, prepared: Prepared) -> Next {
+        let core = self.core.clone();
+        let snapshot = &core.snapshot;
+        let upstream = &snapshot.upstreams[prepared.upstream];
+        let body_timeout = snapshot.limits.body_timeout;
+        self.pos += prepared.head_len;
+
+        // The part of the body already read travels with the head in one write.
+        let mut remaining: u64 = 0;
+        let mut scanner = ChunkedScanner::new();
+        let mut body_seen: u64 = 0;
+        let prefix_len = match prepared.framing {
+            BodyFraming::None | BodyFraming::UntilClose => 0,
+            BodyFraming::Length(n) => {
+                let available = (self.inbuf.len() - self.pos) as u64;
+                let take = available.min(n);
+                remaining = n - take;
+                take as usize
+            }
+            BodyFraming::Chunked => {
+                let mut data = 0u64;
+                match scanner.scan(&self.inbuf[self.pos..], |a, b| data += (b - a) as u64) {
+                    Ok(consumed) => {
+                        body_seen += data;
+                        consumed
+                    }
+                    Err(err) => {
+                        tracing::debug!(core = core.id, error = %err, "refused chunked body");
+                        self.respond_error(400, prepared.request_id).await;
+                        return Next::Close;
+                    }
+                }
+            }
+        };
+        if prepared.max_body > 0 && body_seen > prepared.max_body {
+            self.respond_error(413, prepared.request_id).await;
+            return Next::Close;
+        }
+        self.out
+            .extend_from_slice(&self.inbuf[self.pos..self.pos + prefix_len]);
+        self.pos += prefix_len;
+        let body_buffered = match prepared.framing {
+            BodyFraming::Chunked => scanner.is_done(),
+            _ => remaining == 0,
+        };
+
+        let mut force_fresh = false;
+        let (mut up, target, plan) = loop {
+            let (mut up, target, reused) =
+                match self.open_upstream(&prepared, upstream, force_fresh).await {
+                    Ok(opened) => opened,
+                    Err(status) => {
+                        self.respond_error(status, prepared.request_id).await;
+                        return Next::Close;
+                    }
+                };
+            let _outstanding = {
+                core.pools.borrow_mut().begin(prepared.upstream, target);
+                Outstanding {
+                    core: core.clone(),
+                    upstream: prepared.upstream,
+                    target,
+                }
+            };
+            let sent = self
+                .send_request(&prepared, &mut up, &mut scanner, remaining, body_seen)
+                .await;
+            let result = match sent {
+                Ok(()) => self.read_response_head(&prepared, &mut up, upstream).await,
+                Err(fail) => Err(fail),
+            };
+            match result {
+                Ok(plan) => break (up, target, plan),
+                Err(UpstreamFail::Stale) if reused && body_buffered && !force_fresh => {
+                    tracing::debug!(
+                        core = core.id,
+                        "stale pooled upstream connection, resending"
+                    );
+                    force_fresh = true;
+                }
+                Err(UpstreamFail::Stale) | Err(UpstreamFail::Status(_)) => {
+                    let status = match result {
+                        Err(UpstreamFail::Status(status)) => status,
+                        _ => 502,
+                    };
+                    let now = Instant::now();
+                    let ejected = core.pools.borrow_mut().record_failure(
+                        prepared.upstream,
+                        target,
+                        upstream,
+                        now,
+                    );
+                    tracing::warn!(
+                        core = core.id,
+                        upstream = %upstream.name,
+                        target = %upstream.targets[target],
+                        status,
+                        ejected,
+                        "upstream failure"
+                    );
+                    self.respond_error(status, prepared.request_id).await;
+                    return Next::Close;
+                }
+                Err(UpstreamFail::Client(status)) => {
+                    self.respond_error(status, prepared.request_id).await;
+                    return Next::Close;
+                }
+                Err(UpstreamFail::ClientGone) => return Next::Close,
+            }
+        };
+        let _outstanding = {
+            core.pools.borrow_mut().begin(prepared.upstream, target);
+            Outstanding {
+                core: core.clone(),
+                upstream: prepared.upstream,
+                target,
+            }
+        };
+
+        // The response head (and any body bytes read with it) is in `out`.
+        if write_all(&mut self.client, &mut self.out, body_timeout)
+            .await
+            .is_err()
+        {
+            return Next::Close;
+        }
+        let complete = match self.relay_response_body(&plan, &mut up, body_timeout).await {
+            Ok(complete) => complete,
+            Err(()) => return Next::Close,
+        };
+        core.pools
+            .borrow_mut()
+            .record_success(prepared.upstream, target);
+        if complete && plan.upstream_keep_alive && upstream.keepalive > 0 {
+            core.pools.borrow_mut().put_idle(
+                prepared.upstream,
+                target,
+                upstream,
+                up,
+                Instant::now(),
+            );
+        }
+        if plan.client_keep_alive && !core.drain.is_draining() {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
+    /// Picks a target and gets a connection: pooled, or new (retrying an idempotent request
+    /// once on another target when the connect fails).
+    async fn open_upstream(
+        &mut self,
+        prepared: &Prepared,
+        upstream: &Upstream,
+        force_fresh: bool,
+    ) -> Result<(TcpStream, usize, bool), u16> {
+        let core = self.core.clone();
+        let mut excluded = None;
+        loop {
+            let now = Instant::now();
+            let picked = core
+                .pools
+                .borrow_mut()
+                .pick(prepared.upstream, upstream, excluded, now);
+            let Some(target) = picked else {
+                return Err(if excluded.is_some() { 502 } else { 503 });
+            };
+            if !force_fresh {
+                let idle =
+                    core.pools
+                        .borrow_mut()
+                        .take_idle(prepared.upstream, target, upstream, now);
+                if let Some(stream) = idle {
+                    return Ok((stream, target, true));
+                }
+            }
+            let address = upstream.targets[target];
+            let connect = TcpStream::connect_addr(address);
+            let status = match monoio::time::timeout(upstream.connect_timeout, connect).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok((stream, target, false));
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(core = core.id, upstream = %upstream.name, target = %address, error = %err, "upstream connect failed");
+                    502
+                }
+                Err(_) => {
+                    tracing::warn!(core = core.id, upstream = %upstream.name, target = %address, "upstream connect timed out");
+                    504
+                }
+            };
+            core.pools
+                .borrow_mut()
+                .record_failure(prepared.upstream, target, upstream, now);
+            if prepared.idempotent && excluded.is_none() && upstream.targets.len() > 1 {
+                excluded = Some(target);
+                continue;
+            }
+            return Err(status);
+        }
+    }
+
+    /// Sends the head (with the buffered body prefix, in `out`) and streams the rest of the
+    /// request body from the client.
+    async fn send_request(
+        &mut self,
+        prepared: &Prepared,
+        up: &mut TcpStream,
+        scanner: &mut ChunkedScanner,
+        mut remaining: u64,
+        mut body_seen: u64,
+    ) -> Result<(), UpstreamFail> {
+        let timeout = self.core.snapshot.limits.body_timeout;
+        if write_all(up, &mut self.out, timeout).await.is_err() {
+            return Err(UpstreamFail::Stale);
+        }
+        let chunked = prepared.framing == BodyFraming::Chunked;
+        let mut done = if chunked {
+            scanner.is_done()
+        } else {
+            remaining == 0
+        };
+        if done {
+            return Ok(());
+        }
+        if prepared.expect_continue && prepared.client_minor == 1 {
+            self.out.clear();
+            self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            if write_all(&mut self.client, &mut self.out, timeout)
+                .await
+                .is_err()
+            {
+                return Err(UpstreamFail::ClientGone);
+            }
+        }
+        while !done {
+            if self.pos >= self.inbuf.len() {
+                self.inbuf.clear();
+                self.pos = 0;
+            }
+            if self.pos == self.inbuf.len() {
+                let deadline = Instant::now() + timeout;
+                if read_more(&mut self.client, &mut self.inbuf, BODY_CHUNK, deadline)
+                    .await
+                    .is_err()
+                {
+                    return Err(UpstreamFail::ClientGone);
+                }
+            }
+            let start = self.pos;
+            let take = if chunked {
+                let mut data = 0u64;
+                let consumed = scanner
+                    .scan(&self.inbuf[start..], |a, b| data += (b - a) as u64)
+                    .map_err(|_| UpstreamFail::Client(400))?;
+                body_seen += data;
+                if prepared.max_body > 0 && body_seen > prepared.max_body {
+                    return Err(UpstreamFail::Client(413));
+                }
+                done = scanner.is_done();
+                consumed
+            } else {
+                let take = ((self.inbuf.len() - start) as u64).min(remaining);
+                remaining -= take;
+                done = remaining == 0;
+                take as usize
+            };
+            self.pos += take;
+            if write_range(up, &mut self.inbuf, start..start + take, timeout)
+                .await
+                .is_err()
+            {
+                return Err(UpstreamFail::Status(502));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the upstream's final response head (relaying interim 1xx ones), builds the
+    /// client's response head in `out` with any body bytes read along.
+    async fn read_response_head(
+        &mut self,
+        prepared: &Prepared,
+        up: &mut TcpStream,
+        upstream: &Upstream,
+    ) -> Result<ResponsePlan, UpstreamFail> {
+        let core = self.core.clone();
+        let max_head = core.snapshot.limits.max_head_bytes;
+        let max_headers = core.snapshot.limits.max_headers;
+        let body_timeout = core.snapshot.limits.body_timeout;
+        let deadline = Instant::now() + upstream.response_timeout;
+        self.ubuf.clear();
+        let mut received_any = false;
+        loop {
+            if !self.ubuf.is_empty() {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CEILING];
+                let parsed = response::parse(
+                    &self.ubuf,
+                    &mut headers[..max_headers],
+                    max_head,
+                    prepared.is_head,
+                );
+                match parsed {
+                    Ok(Some(resp)) if resp.is_interim() => {
+                        let head_len = resp.head_len;
+                        let relay = resp.code != 100 && resp.code != 101;
+                        if resp.code == 101 {
+                            return Err(UpstreamFail::Status(502));
+                        }
+                        if relay && prepared.client_minor == 1 {
+                            self.out.clear();
+                            self.out.extend_from_slice(&self.ubuf[..head_len]);
+                            if write_all(&mut self.client, &mut self.out, body_timeout)
+                                .await
+                                .is_err()
+                            {
+                                return Err(UpstreamFail::ClientGone);
+                            }
+                        }
+                        self.ubuf.drain(..head_len);
+                        continue;
+                    }
+                    Ok(Some(resp)) => {
+                        let draining = core.drain.is_draining();
+                        return Ok(plan_response(
+                            prepared,
+                            &resp,
+                            &self.ubuf,
+                            draining,
+                            &mut self.out,
+                        ));
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::warn!(core = core.id, upstream = %upstream.name, error = %err, "bad upstream response head");
+                        return Err(UpstreamFail::Status(502));
+                    }
+                }
+            }
+            match read_more(up, &mut self.ubuf, READ_CHUNK, deadline).await {
+                Ok(_) => received_any = true,
+                Err(IoFail::Timeout) => return Err(UpstreamFail::Status(504)),
+                Err(_) if !received_any => return Err(UpstreamFail::Stale),
+                Err(_) => return Err(UpstreamFail::Status(502)),
+            }
+        }
+    }
+
+    /// Sends the response body    /// Sends the response body: first what was read with the head (already after the head in
+    /// `ubuf`), then the rest as it arrives. Returns whether the upstream connection ended
+    /// exactly at the end of the response (and so may be reused).
+    async fn relay_response_body(
+        &mut self,
+        plan: &ResponsePlan,
+        up: &mut TcpStream,
+        timeout: Duration,
+    ) -> Result<bool, ()> {
+        let mut scanner = ChunkedScanner::new();
+        let mut remaining = match plan.framing {
+            BodyFraming::Length(n) => n,
+            _ => 0,
+        };
+        let mut start = plan.head_len;
+        loop {
+            let available = self.ubuf.len() - start;
+            let (take, done) = match plan.framing {
+                BodyFraming::None => (0, true),
+                BodyFraming::Length(_) => {
+                    let take = (available as u64).min(remaining);
+                    remaining -= take;
+                    (take as usize, remaining == 0)
+                }
+                BodyFraming::UntilClose => (available, false),
+                BodyFraming::Chunked => {
+                    if plan.dechunk {
+                        let ubuf = &self.ubuf;
+                        let out = &mut self.out;
+                        out.clear();
+                        let consumed = scanner
+                            .scan(&ubuf[start..], |a, b| {
+                                out.extend_from_slice(&ubuf[start + a..start + b])
+                            })
+                            .map_err(|_| ())?;
+                        if write_all(&mut self.client, &mut self.out, timeout)
+                            .await
+                            .is_err()
+                        {
+                            return Err(());
+                        }
+                        start += consumed;
+                        if scanner.is_done() {
+                            return Ok(start == self.ubuf.len());
+                        }
+                        self.refill_upstream(up, timeout).await.map_err(|_| ())?;
+                        start = 0;
+                        continue;
+                    }
+                    let consumed = scanner
+                        .scan(&self.ubuf[start..], |_, _| {})
+                        .map_err(|_| ())?;
+                    (consumed, scanner.is_done())
+                }
+            };
+            if take > 0
+                && write_range(
+                    &mut self.client,
+                    &mut self.ubuf,
+                    start..start + take,
+                    timeout,
+                )
+                .await
+                .is_err()
+            {
+                return Err(());
+            }
+            start += take;
+            if done {
+                return Ok(start == self.ubuf.len());
+            }
+            match self.refill_upstream(up, timeout).await {
+                Ok(()) => start = 0,
+                Err(IoFail::Closed) if plan.framing == BodyFraming::UntilClose => return Ok(false),
+                Err(_) => return Err(()),
+            }
+        }
+    }
+
+    /// Empties `ubuf` and reads the next piece of the response body into it.
+    async fn refill_upstream(
+        &mut self,
+        up: &mut TcpStream,
+        timeout: Duration,
+    ) -> Result<(), IoFail> {
+        self.ubuf.clear();
+        read_more(up, &mut self.ubuf, BODY_CHUNK, Instant::now() + timeout)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Builds the client's response head into `out` for a final upstream response.
+fn plan_response(
+    prepared: &Prepared,
+    resp: &Response<'_>,
+    ubuf: &[u8],
+    draining: bool,
+    out: &mut Vec<u8>,
+) -> ResponsePlan {
+    let chunked = resp.framing == BodyFraming::Chunked;
+    let dechunk = chunked && prepared.client_minor == 0;
+    let client_keep_alive = prepared.client_keep_alive
+        && resp.framing != BodyFraming::UntilClose
+        && !dechunk
+        && !draining;
+    out.clear();
+    let _ = write!(out, "HTTP/1.1 {} ", resp.code);
+    out.extend_from_slice(reason_of(ubuf, resp.head_len).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for header in resp.headers {
+        let name = header.name.as_bytes();
+        if is_hop_by_hop(name) || nominated(&resp.connection, name) {
+            continue;
+        }
+        push_header(out, name, header.value);
+    }
+    if chunked && !dechunk {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if !resp.has_request_id {
+        push_header(out, b"X-Request-Id", prepared.request_id.as_bytes());
+    }
+    if !client_keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if prepared.client_minor == 0 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let plan = ResponsePlan {
+        head_len: resp.head_len,
+        framing: resp.framing,
+        dechunk,
+        client_keep_alive,
+        upstream_keep_alive: resp.upstream_keep_alive(),
+    };
+    plan
+}
+
+/// Builds the upstream request head into `out` for a routed request, or refuses it.
+fn prepare(
+    core: &Core,
+    listener: usize,
+    peer_ip: IpAddr,
+    req: &Request<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Prepared, Reject> {
+    let snapshot = &core.snapshot;
+    let router = &snapshot.listeners[listener].router;
+    let mut request_id = RequestId::default();
+    match req.request_id {
+        Some(id) => request_id.set(id),
+        None => core.request_ids.next(&mut request_id),
+    }
+    let path = req.path();
+    let route_index = match router.lookup(req.host, path, req.method) {
+        RouteMatch::Found(index) => index,
+        RouteMatch::MethodNotAllowed => {
+            let allow = format!(
+                "Allow: {}\r\n",
+                router.allowed_methods(req.host, path).join(", ")
+            );
+            return Err(Reject {
+                status: 405,
+                allow: Some(allow),
+                request_id,
+            });
+        }
+        RouteMatch::NotFound => {
+            return Err(Reject {
+                status: 404,
+                allow: None,
+                request_id,
+            })
+        }
+    };
+    let route = &snapshot.routes[route_index];
+    if let BodyFraming::Length(n) = req.framing {
+        if route.max_body_bytes > 0 && n > route.max_body_bytes {
+            return Err(Reject {
+                status: 413,
+                allow: None,
+                request_id,
+            });
+        }
+    }
+
+    out.clear();
+    out.extend_from_slice(req.method.as_bytes());
+    out.push(b' ');
+    if route.strip_prefix {
+        let prefix = route.key.path.trim_end_matches('/');
+        let rest = &req.target[prefix.len().min(req.target.len())..];
+        if !rest.starts_with('/') {
+            out.push(b'/');
+        }
+        out.extend_from_slice(rest.as_bytes());
+    } else {
+        out.extend_from_slice(req.target.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for header in req.headers {
+        let name = header.name.as_bytes();
+        if is_hop_by_hop(name)
+            || is_replaced_request_header(name)
+            || nominated(&req.connection, name)
+        {
+            continue;
+        }
+        push_header(out, name, header.value);
+    }
+    let upstream = &snapshot.upstreams[route.upstream];
+    if req.host.is_empty() {
+        let _ = write!(out, "Host: {}\r\n", upstream.targets[0]);
+    }
+    if req.framing == BodyFraming::Chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    let _ = write!(
+        out,
+        "X-Forwarded-For: {peer_ip}\r\nX-Forwarded-Proto: http\r\n"
+    );
+    if !req.host.is_empty() {
+        push_header(out, b"X-Forwarded-Host", req.host);
+    }
+    push_header(out, b"X-Request-Id", request_id.as_bytes());
+    if upstream.keepalive == 0 {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    Ok(Prepared {
+        head_len: req.head_len,
+        framing: req.framing,
+        client_keep_alive: req.client_keep_alive(),
+        client_minor: req.minor_version,
+        expect_continue: req.expect_continue,
+        is_head: req.is_head(),
+        idempotent: req.is_idempotent(),
+        upstream: route.upstream,
+        max_body: route.max_body_bytes,
+        request_id,
+    })
+}
+
+/// Request fields the gateway sets itself (client values are dropped, never trusted).
+fn is_replaced_request_header(name: &[u8]) -> bool {
+    [
+        &b"x-forwarded-for"[..],
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-request-id",
+        b"expect",
+    ]
+    .iter()
+    .any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// A field named in `Connection` is dropped, except those that frame or address the message:
+/// letting a client nominate them would change how the upstream reads the stream.
+fn nominated(connection: &crate::http::headers::ConnectionOptions<'_>, name: &[u8]) -> bool {
+    connection.any()
+        && !name.eq_ignore_ascii_case(b"content-length")
+        && !name.eq_ignore_ascii_case(b"host")
+        && connection.nominates(name)
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The reason phrase of the status line at the start of `buf`.
+fn reason_of(buf: &[u8], head_len: usize) -> &str {
+    let line_end = buf[..head_len]
+        .iter()
+        .position(|&b| b == b'\r')
+        .unwrap_or(0);
+    let line = &buf[..line_end];
+    // "HTTP/1.1 200 OK": the reason starts after the second space.
+    let reason = line.splitn(3, |&b| b == b' ').nth(2).unwrap_or(b"");
+    std::str::from_utf8(reason).unwrap_or("")
+}
+
+impl From<HeadError> for UpstreamFail {
+    fn from(_: HeadError) -> Self {
+        UpstreamFail::Status(502)
+    }
+}

@@ -1,0 +1,326 @@
+//! Route selection: host (exact, then `*.suffix`, then any) → path (exact, then the longest
+//! segment-aligned prefix) → method. Built once per snapshot; lookups allocate nothing.
+//!
+//! Paths are matched segment by segment with hash lookups, most specific first, so a route whose
+//! methods do not fit lets a less specific route take the request; only when no route fits the
+//! method does the answer become 405 with the union of the allowed methods.
+
+use crate::config::PathMatch;
+use std::collections::HashMap;
+
+/// What a route needs for matching; the rest of the route lives in the snapshot.
+#[derive(Debug, Clone)]
+pub struct RouteKey {
+    pub hosts: Vec<String>,
+    pub path: String,
+    pub path_match: PathMatch,
+    /// Empty means any method.
+    pub methods: Vec<String>,
+}
+
+/// The outcome of a lookup.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteMatch {
+    /// Index of the route in the snapshot's route list.
+    Found(usize),
+    /// Some route has this path but none allows the method.
+    MethodNotAllowed,
+    NotFound,
+}
+
+/// Routes sharing one host pattern, keyed by path.
+#[derive(Debug, Default)]
+struct PathTable {
+    exact: HashMap<String, Vec<usize>>,
+    prefix: HashMap<String, Vec<usize>>,
+}
+
+/// The routes of one listener.
+#[derive(Debug, Default)]
+pub struct Router {
+    exact_hosts: HashMap<String, PathTable>,
+    /// Keyed by the suffix including its leading dot (`.example.com`).
+    wildcard_hosts: HashMap<String, PathTable>,
+    any_host: PathTable,
+    methods: Vec<Vec<String>>,
+}
+
+fn normalise_prefix(path: &str) -> &str {
+    if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    }
+}
+
+impl Router {
+    /// Builds a router; `routes` are (route index, key) in priority order (file order).
+    pub fn new<'a>(routes: impl IntoIterator<Item = (usize, &'a RouteKey)>) -> Router {
+        let mut router = Router::default();
+        for (index, key) in routes {
+            if router.methods.len() <= index {
+                router.methods.resize(index + 1, Vec::new());
+            }
+            router.methods[index] = key.methods.clone();
+            if key.hosts.is_empty() {
+                router.any_host.insert(index, key);
+            }
+            for host in &key.hosts {
+                let host = host.to_ascii_lowercase();
+                let table = match host.strip_prefix('*') {
+                    Some(suffix) => router.wildcard_hosts.entry(suffix.to_string()),
+                    None => router.exact_hosts.entry(host),
+                };
+                table.or_default().insert(index, key);
+            }
+        }
+        router
+    }
+
+    /// Finds the route for a request. `host` may carry a port; case does not matter.
+    pub fn lookup(&self, host: &[u8], path: &str, method: &str) -> RouteMatch {
+        let mut lowered = [0u8; 256];
+        let host = host_without_port(host);
+        let host = if host.len() <= lowered.len() {
+            let lowered = &mut lowered[..host.len()];
+            lowered.copy_from_slice(host);
+            lowered.make_ascii_lowercase();
+            std::str::from_utf8(lowered).unwrap_or("")
+        } else {
+            ""
+        };
+        let mut method_mismatch = false;
+        if let Some(table) = self.exact_hosts.get(host) {
+            match self.lookup_path(table, path, method) {
+                RouteMatch::Found(index) => return RouteMatch::Found(index),
+                RouteMatch::MethodNotAllowed => method_mismatch = true,
+                RouteMatch::NotFound => {}
+            }
+        }
+        if !self.wildcard_hosts.is_empty() {
+            let mut rest = host;
+            while let Some(dot) = rest.find('.') {
+                let suffix = &rest[dot..];
+                if let Some(table) = self.wildcard_hosts.get(suffix) {
+                    match self.lookup_path(table, path, method) {
+                        RouteMatch::Found(index) => return RouteMatch::Found(index),
+                        RouteMatch::MethodNotAllowed => method_mismatch = true,
+                        RouteMatch::NotFound => {}
+                    }
+                }
+                rest = &rest[dot + 1..];
+            }
+        }
+        match self.lookup_path(&self.any_host, path, method) {
+            RouteMatch::Found(index) => RouteMatch::Found(index),
+            _ if method_mismatch => RouteMatch::MethodNotAllowed,
+            other => other,
+        }
+    }
+
+    /// The methods allowed on `host` + `path` across all routes (for the `Allow` header).
+    pub fn allowed_methods(&self, host: &[u8], path: &str) -> Vec<&str> {
+        let mut allowed: Vec<&str> = Vec::new();
+        for method in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+            .into_iter()
+            .chain(self.methods.iter().flatten().map(String::as_str))
+        {
+            if !allowed.contains(&method) {
+                if let RouteMatch::Found(_) = self.lookup(host, path, method) {
+                    allowed.push(method);
+                }
+            }
+        }
+        allowed
+    }
+
+    fn method_fits(&self, index: usize, method: &str) -> bool {
+        let methods = &self.methods[index];
+        methods.is_empty() || methods.iter().any(|m| m == method)
+    }
+
+    fn pick(
+        &self,
+        candidates: Option<&Vec<usize>>,
+        method: &str,
+        mismatch: &mut bool,
+    ) -> Option<usize> {
+        let candidates = candidates?;
+        let found = candidates
+            .iter()
+            .copied()
+            .find(|&i| self.method_fits(i, method));
+        if found.is_none() {
+            *mismatch = true;
+        }
+        found
+    }
+
+    fn lookup_path(&self, table: &PathTable, path: &str, method: &str) -> RouteMatch {
+        let mut mismatch = false;
+        if let Some(index) = self.pick(table.exact.get(path), method, &mut mismatch) {
+            return RouteMatch::Found(index);
+        }
+        if !table.prefix.is_empty() {
+            // Longest segment-aligned prefix first: "/a/b/c", "/a/b", "/a", "/".
+            let mut candidate = normalise_prefix(path);
+            loop {
+                if let Some(index) = self.pick(table.prefix.get(candidate), method, &mut mismatch) {
+                    return RouteMatch::Found(index);
+                }
+                if candidate == "/" {
+                    break;
+                }
+                candidate = match candidate.rfind('/') {
+                    Some(0) => "/",
+                    Some(slash) => &candidate[..slash],
+                    None => break,
+                };
+            }
+        }
+        if mismatch {
+            RouteMatch::MethodNotAllowed
+        } else {
+            RouteMatch::NotFound
+        }
+    }
+}
+
+impl PathTable {
+    fn insert(&mut self, index: usize, key: &RouteKey) {
+        let map = match key.path_match {
+            PathMatch::Exact => &mut self.exact,
+            PathMatch::Prefix => &mut self.prefix,
+        };
+        let path = match key.path_match {
+            PathMatch::Exact => key.path.as_str(),
+            PathMatch::Prefix => normalise_prefix(&key.path),
+        };
+        map.entry(path.to_string()).or_default().push(index);
+    }
+}
+
+fn host_without_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        return match host.iter().position(|&b| b == b']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.iter().rposition(|&b| b == b':') {
+        Some(colon) => &host[..colon],
+        None => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(hosts: &[&str], path: &str, path_match: PathMatch, methods: &[&str]) -> RouteKey {
+        RouteKey {
+            hosts: hosts.iter().map(|s| s.to_string()).collect(),
+            path: path.to_string(),
+            path_match,
+            methods: methods.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn router(keys: &[RouteKey]) -> Router {
+        Router::new(keys.iter().enumerate())
+    }
+
+    #[test]
+    fn prefix_is_segment_aware_and_longest_wins() {
+        let r = router(&[
+            key(&[], "/", PathMatch::Prefix, &[]),
+            key(&[], "/api", PathMatch::Prefix, &[]),
+            key(&[], "/api/v1/", PathMatch::Prefix, &[]),
+            key(&[], "/api/health", PathMatch::Exact, &[]),
+        ]);
+        assert_eq!(r.lookup(b"a", "/api", "GET"), RouteMatch::Found(1));
+        assert_eq!(r.lookup(b"a", "/api/", "GET"), RouteMatch::Found(1));
+        assert_eq!(r.lookup(b"a", "/api/x/y", "GET"), RouteMatch::Found(1));
+        assert_eq!(r.lookup(b"a", "/apix", "GET"), RouteMatch::Found(0));
+        assert_eq!(r.lookup(b"a", "/api/v1", "GET"), RouteMatch::Found(2));
+        assert_eq!(r.lookup(b"a", "/api/v1/users", "GET"), RouteMatch::Found(2));
+        assert_eq!(r.lookup(b"a", "/api/health", "GET"), RouteMatch::Found(3));
+        assert_eq!(r.lookup(b"a", "/api/health/x", "GET"), RouteMatch::Found(1));
+        assert_eq!(r.lookup(b"a", "/", "GET"), RouteMatch::Found(0));
+    }
+
+    #[test]
+    fn no_match_is_not_found() {
+        let r = router(&[key(&[], "/api", PathMatch::Prefix, &[])]);
+        assert_eq!(r.lookup(b"a", "/other", "GET"), RouteMatch::NotFound);
+        assert_eq!(r.lookup(b"a", "/apix", "GET"), RouteMatch::NotFound);
+    }
+
+    #[test]
+    fn methods_fall_back_then_405() {
+        let r = router(&[
+            key(&[], "/users", PathMatch::Prefix, &["POST"]),
+            key(&[], "/users", PathMatch::Prefix, &["DELETE"]),
+            key(&[], "/items", PathMatch::Prefix, &["GET"]),
+            key(&[], "/", PathMatch::Prefix, &["GET"]),
+        ]);
+        assert_eq!(r.lookup(b"a", "/users", "POST"), RouteMatch::Found(0));
+        assert_eq!(r.lookup(b"a", "/users/1", "DELETE"), RouteMatch::Found(1));
+        assert_eq!(r.lookup(b"a", "/users", "GET"), RouteMatch::Found(3));
+        assert_eq!(
+            r.lookup(b"a", "/items", "PUT"),
+            RouteMatch::MethodNotAllowed
+        );
+        assert_eq!(r.allowed_methods(b"a", "/items"), vec!["GET"]);
+        assert_eq!(
+            r.allowed_methods(b"a", "/users"),
+            vec!["GET", "POST", "DELETE"]
+        );
+    }
+
+    #[test]
+    fn hosts_exact_then_wildcard_then_any() {
+        let r = router(&[
+            key(&["api.example.com"], "/", PathMatch::Prefix, &[]),
+            key(&["*.example.com"], "/", PathMatch::Prefix, &[]),
+            key(&[], "/", PathMatch::Prefix, &[]),
+            key(
+                &["Admin.Example.com", "ops.example.com"],
+                "/admin",
+                PathMatch::Prefix,
+                &[],
+            ),
+        ]);
+        assert_eq!(
+            r.lookup(b"api.example.com", "/x", "GET"),
+            RouteMatch::Found(0)
+        );
+        assert_eq!(
+            r.lookup(b"API.example.com:8080", "/x", "GET"),
+            RouteMatch::Found(0)
+        );
+        assert_eq!(
+            r.lookup(b"www.example.com", "/x", "GET"),
+            RouteMatch::Found(1)
+        );
+        assert_eq!(
+            r.lookup(b"a.b.example.com", "/x", "GET"),
+            RouteMatch::Found(1)
+        );
+        assert_eq!(r.lookup(b"example.com", "/x", "GET"), RouteMatch::Found(2));
+        assert_eq!(r.lookup(b"other.org", "/x", "GET"), RouteMatch::Found(2));
+        assert_eq!(
+            r.lookup(b"admin.example.com", "/admin/1", "GET"),
+            RouteMatch::Found(3)
+        );
+        assert_eq!(
+            r.lookup(b"ops.example.com", "/admin", "GET"),
+            RouteMatch::Found(3)
+        );
+        assert_eq!(
+            r.lookup(b"admin.example.com", "/x", "GET"),
+            RouteMatch::Found(1)
+        );
+        assert_eq!(r.lookup(b"[::1]:80", "/x", "GET"), RouteMatch::Found(2));
+    }
+}

@@ -1,0 +1,299 @@
+//! Worker threads: one per CPU of the process's affinity set (or the configured count), each
+//! pinned, each running its own monoio reactor (io_uring, or the epoll driver when io_uring
+//! cannot be set up) with its own SO_REUSEPORT listeners. Also the process-level set-up the
+//! data plane needs: file-descriptor limit, signal mask, CPU discovery.
+
+pub mod drain;
+
+use crate::proxy::{request_id::random_seed, serve_connection, Core};
+use crate::snapshot::Snapshot;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use monoio::net::{ListenerOpts, TcpListener};
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How often a core looks at its control channel.
+const CONTROL_TICK: Duration = Duration::from_millis(20);
+
+/// Messages from the control side to one core.
+#[derive(Debug)]
+pub enum ControlMsg {
+    /// Stop accepting, finish in-flight requests, close idle connections, then exit.
+    Drain,
+}
+
+/// Why the workers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start worker thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("worker {worker}: cannot listen on {address}: {source}")]
+    Listen {
+        worker: usize,
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("worker {0} exited during start-up")]
+    Lost(usize),
+}
+
+/// A running worker thread and its control channel.
+pub struct Worker {
+    pub thread: JoinHandle<()>,
+    pub control: Sender<ControlMsg>,
+}
+
+/// The CPUs this process may run on (its affinity set).
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bitmask struct that sched_getaffinity fills in.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread to one CPU.
+fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: the set is initialised by CPU_ZERO/CPU_SET before use.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
+pub fn raise_nofile_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                return wanted.rlim_max;
+            }
+        }
+        limit.rlim_cur
+    }
+}
+
+/// The soft RLIMIT_MEMLOCK in bytes (older kernels charge io_uring rings against it).
+fn memlock_limit() -> u64 {
+    // SAFETY: getrlimit with a valid rlimit struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 {
+            return 0;
+        }
+        limit.rlim_cur
+    }
+}
+
+/// Signals the control thread handles itself; blocked in every thread.
+pub fn control_signals() -> libc::sigset_t {
+    // SAFETY: the set is initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        set
+    }
+}
+
+/// Blocks the control signals in the calling thread (threads started later inherit it).
+pub fn block_control_signals() {
+    let set = control_signals();
+    // SAFETY: valid set pointer, null old-set pointer.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits for one of the control signals and returns its number.
+pub fn wait_for_signal() -> i32 {
+    let set = control_signals();
+    let mut signal = 0;
+    // SAFETY: valid set and output pointers; the signals are blocked in this thread.
+    unsafe {
+        libc::sigwait(&set, &mut signal);
+    }
+    signal
+}
+
+static FALLBACK_WARNING: Once = Once::new();
+
+/// Starts `count` workers serving `snapshot`; returns once every worker listens.
+pub fn start_workers(
+    snapshot: Arc<Snapshot>,
+    count: usize,
+    pin: bool,
+) -> Result<Vec<Worker>, StartError> {
+    let cpus = allowed_cpus();
+    let seed = random_seed();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut workers = Vec::with_capacity(count);
+    for id in 0..count {
+        let (control, control_rx) = crossbeam_channel::bounded(16);
+        let cpu = (pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
+        let snapshot = snapshot.clone();
+        let ready = ready_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("cflow-core-{id}"))
+            .spawn(move || worker_thread(id, cpu, snapshot, seed, control_rx, ready))
+            .map_err(StartError::Spawn)?;
+        workers.push(Worker { thread, control });
+    }
+    drop(ready_tx);
+    for _ in 0..count {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                stop_workers(workers);
+                return Err(err);
+            }
+            Err(_) => {
+                stop_workers(workers);
+                return Err(StartError::Lost(0));
+            }
+        }
+    }
+    Ok(workers)
+}
+
+/// Tells every worker to drain and waits for all of them to finish.
+pub fn stop_workers(workers: Vec<Worker>) {
+    for worker in &workers {
+        let _ = worker.control.send(ControlMsg::Drain);
+    }
+    for worker in workers {
+        let _ = worker.thread.join();
+    }
+}
+
+type Ready = mpsc::Sender<Result<(), StartError>>;
+
+fn worker_thread(
+    id: usize,
+    cpu: Option<usize>,
+    snapshot: Arc<Snapshot>,
+    seed: u64,
+    control: Receiver<ControlMsg>,
+    ready: Ready,
+) {
+    if let Some(cpu) = cpu {
+        if let Err(err) = pin_current_thread(cpu) {
+            tracing::warn!(worker = id, cpu, error = %err, "cannot pin worker to its CPU");
+        }
+    }
+    let core = Rc::new(Core::new(id, snapshot, seed));
+    if monoio::utils::detect_uring() {
+        match RuntimeBuilder::<IoUringDriver>::new()
+            .enable_timer()
+            .with_entries(4096)
+            .build()
+        {
+            Ok(mut runtime) => {
+                runtime.block_on(worker_main(core, control, ready));
+                return;
+            }
+            Err(err) => FALLBACK_WARNING.call_once(|| {
+                tracing::warn!(
+                    error = %err,
+                    memlock_limit_bytes = memlock_limit(),
+                    "io_uring ring setup failed (a low RLIMIT_MEMLOCK on kernels before 5.12 is the usual cause: raise it with `ulimit -l` or LimitMEMLOCK=); falling back to the epoll driver"
+                )
+            }),
+        }
+    } else {
+        FALLBACK_WARNING.call_once(|| {
+            tracing::warn!("io_uring is unavailable (old kernel, seccomp or io_uring_disabled); falling back to the epoll driver")
+        });
+    }
+    match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
+        Ok(mut runtime) => runtime.block_on(worker_main(core, control, ready)),
+        Err(err) => tracing::error!(worker = id, error = %err, "cannot build any runtime"),
+    }
+}
+
+async fn worker_main(core: Rc<Core>, control: Receiver<ControlMsg>, ready: Ready) {
+    let mut listeners = Vec::new();
+    for (index, listener) in core.snapshot.listeners.iter().enumerate() {
+        let options = ListenerOpts::new()
+            .reuse_port(true)
+            .reuse_addr(true)
+            .backlog(4096);
+        match TcpListener::bind_with_config(listener.address, &options) {
+            Ok(bound) => listeners.push((index, bound)),
+            Err(source) => {
+                let _ = ready.send(Err(StartError::Listen {
+                    worker: core.id,
+                    address: listener.address,
+                    source,
+                }));
+                return;
+            }
+        }
+    }
+    let _ = ready.send(Ok(()));
+    for (index, listener) in listeners {
+        monoio::spawn(accept_loop(core.clone(), index, listener));
+    }
+    loop {
+        monoio::time::sleep(CONTROL_TICK).await;
+        match control.try_recv() {
+            Ok(ControlMsg::Drain) | Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {}
+        }
+    }
+    core.drain.fire();
+    let deadline = Instant::now() + core.snapshot.drain_timeout;
+    while core.active_connections.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if core.active_connections.get() > 0 {
+        tracing::warn!(
+            core = core.id,
+            connections = core.active_connections.get(),
+            "drain timeout: closing remaining connections"
+        );
+    }
+}
+
+async fn accept_loop(core: Rc<Core>, index: usize, listener: TcpListener) {
+    loop {
+        let accepted = monoio::select! {
+            accepted = listener.accept() => accepted,
+            _ = core.drain.wait() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                monoio::spawn(serve_connection(core.clone(), index, stream, peer));
+            }
+            Err(err) => {
+                tracing::warn!(core = core.id, error = %err, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
