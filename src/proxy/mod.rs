@@ -783,17 +783,18 @@ fn plan_response(
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let plan = ResponsePlan {
+    ResponsePlan {
         head_len: resp.head_len,
         framing: resp.framing,
         dechunk,
         client_keep_alive,
         upstream_keep_alive: resp.upstream_keep_alive(),
-    };
-    plan
+    }
 }
 
 /// Builds the upstream request head into `out` for a routed request, or refuses it.
+// The refusal carries its request id inline; boxing it would allocate on every 404.
+#[allow(clippy::result_large_err)]
 fn prepare(
     core: &Core,
     listener: usize,
