@@ -72,3 +72,31 @@ pub async fn write_all(
     let len = buf.len();
     write_range(stream, buf, 0..len, timeout).await
 }
+
+/// How long a closing connection keeps reading (and discarding) what the client still sends.
+const LINGER_TIME: Duration = Duration::from_millis(1000);
+/// How much it discards at most.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Closes a client connection after an error response without losing that response: the write
+/// side is shut first, then unread request bytes are drained for a short while, so the kernel
+/// does not answer them with a reset that could destroy the response in flight.
+pub async fn linger_close(stream: &mut TcpStream, buf: &mut Vec<u8>) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: shutdown on a socket fd owned by `stream`.
+    unsafe {
+        libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR);
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut discarded = 0;
+    buf.clear();
+    while discarded < LINGER_BYTES {
+        match read_more(stream, buf, 16 * 1024, deadline).await {
+            Ok(n) => {
+                discarded += n;
+                buf.clear();
+            }
+            Err(_) => break,
+        }
+    }
+}

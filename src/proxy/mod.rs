@@ -18,7 +18,7 @@ use crate::router::RouteMatch;
 use crate::runtime::drain::DrainSignal;
 use crate::snapshot::{Snapshot, Upstream};
 use crate::upstream::UpstreamPools;
-use io::{read_more, write_all, write_range, IoFail};
+use io::{linger_close, read_more, write_all, write_range, IoFail};
 use monoio::net::TcpStream;
 use request_id::{RequestId, RequestIds};
 use std::cell::{Cell, RefCell};
@@ -295,12 +295,17 @@ impl Connection {
         }
     }
 
-    /// Writes a problem response and marks the connection for closing.
+    /// Writes a problem response and closes the connection (lingering, see [`linger_close`]).
     async fn respond_error(&mut self, status: u16, request_id: RequestId) {
         self.out.clear();
         write_problem(&mut self.out, status, true, request_id.as_bytes(), b"");
         let timeout = self.core.snapshot.limits.body_timeout;
-        let _ = write_all(&mut self.client, &mut self.out, timeout).await;
+        if write_all(&mut self.client, &mut self.out, timeout)
+            .await
+            .is_ok()
+        {
+            linger_close(&mut self.client, &mut self.inbuf).await;
+        }
     }
 
     /// Forwards one prepared request and relays the response.

@@ -211,6 +211,7 @@ fn worker_thread(
         match RuntimeBuilder::<IoUringDriver>::new()
             .enable_timer()
             .with_entries(4096)
+            .uring_builder(ring_setup())
             .build()
         {
             Ok(mut runtime) => {
@@ -234,6 +235,22 @@ fn worker_thread(
         Ok(mut runtime) => runtime.block_on(worker_main(core, control, ready)),
         Err(err) => tracing::error!(worker = id, error = %err, "cannot build any runtime"),
     }
+}
+
+/// Ring flags for a ring used by exactly one thread: completions are processed only when the
+/// core asks for them (one batch per reactor turn) instead of interrupting it.
+fn ring_setup() -> io_uring::Builder {
+    let mut builder = io_uring::IoUring::builder();
+    match std::env::var("CREDENTIALFLOW_RING").as_deref() {
+        Ok("plain") => {}
+        Ok("coop") => {
+            builder.setup_coop_taskrun().setup_single_issuer();
+        }
+        _ => {
+            builder.setup_single_issuer().setup_defer_taskrun();
+        }
+    }
+    builder
 }
 
 async fn worker_main(core: Rc<Core>, control: Receiver<ControlMsg>, ready: Ready) {
@@ -284,7 +301,14 @@ async fn accept_loop(core: Rc<Core>, index: usize, listener: TcpListener) {
     loop {
         let accepted = monoio::select! {
             accepted = listener.accept() => accepted,
-            _ = core.drain.wait() => break,
+            _ = core.drain.wait() => {
+                // Stop listening now: a pending io_uring accept keeps the socket alive in the
+                // kernel until the ring is torn down, which can outlive the process by a few ms.
+                use std::os::fd::AsRawFd;
+                // SAFETY: shutdown on the listening socket owned by `listener`.
+                unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+                break;
+            }
         };
         match accepted {
             Ok((stream, peer)) => {
