@@ -6,7 +6,7 @@
 //! method does the answer become 405 with the union of the allowed methods.
 
 use crate::config::PathMatch;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// What a route needs for matching; the rest of the route lives in the snapshot.
 #[derive(Debug, Clone)]
@@ -31,16 +31,16 @@ pub enum RouteMatch {
 /// Routes sharing one host pattern, keyed by path.
 #[derive(Debug, Default)]
 struct PathTable {
-    exact: HashMap<String, Vec<usize>>,
-    prefix: HashMap<String, Vec<usize>>,
+    exact: FxHashMap<Box<[u8]>, Vec<usize>>,
+    prefix: FxHashMap<Box<[u8]>, Vec<usize>>,
 }
 
 /// The routes of one listener.
 #[derive(Debug, Default)]
 pub struct Router {
-    exact_hosts: HashMap<String, PathTable>,
+    exact_hosts: FxHashMap<Box<[u8]>, PathTable>,
     /// Keyed by the suffix including its leading dot (`.example.com`).
-    wildcard_hosts: HashMap<String, PathTable>,
+    wildcard_hosts: FxHashMap<Box<[u8]>, PathTable>,
     any_host: PathTable,
     methods: Vec<Vec<String>>,
 }
@@ -68,8 +68,8 @@ impl Router {
             for host in &key.hosts {
                 let host = host.to_ascii_lowercase();
                 let table = match host.strip_prefix('*') {
-                    Some(suffix) => router.wildcard_hosts.entry(suffix.to_string()),
-                    None => router.exact_hosts.entry(host),
+                    Some(suffix) => router.wildcard_hosts.entry(suffix.as_bytes().into()),
+                    None => router.exact_hosts.entry(host.into_bytes().into()),
                 };
                 table.or_default().insert(index, key);
             }
@@ -81,13 +81,13 @@ impl Router {
     pub fn lookup(&self, host: &[u8], path: &str, method: &str) -> RouteMatch {
         let mut lowered = [0u8; 256];
         let host = host_without_port(host);
-        let host = if host.len() <= lowered.len() {
+        let host: &[u8] = if host.len() <= lowered.len() {
             let lowered = &mut lowered[..host.len()];
             lowered.copy_from_slice(host);
             lowered.make_ascii_lowercase();
-            std::str::from_utf8(lowered).unwrap_or("")
+            lowered
         } else {
-            ""
+            b""
         };
         let mut method_mismatch = false;
         if let Some(table) = self.exact_hosts.get(host) {
@@ -99,7 +99,7 @@ impl Router {
         }
         if !self.wildcard_hosts.is_empty() {
             let mut rest = host;
-            while let Some(dot) = rest.find('.') {
+            while let Some(dot) = rest.iter().position(|&b| b == b'.') {
                 let suffix = &rest[dot..];
                 if let Some(table) = self.wildcard_hosts.get(suffix) {
                     match self.lookup_path(table, path, method) {
@@ -158,14 +158,18 @@ impl Router {
 
     fn lookup_path(&self, table: &PathTable, path: &str, method: &str) -> RouteMatch {
         let mut mismatch = false;
-        if let Some(index) = self.pick(table.exact.get(path), method, &mut mismatch) {
+        if let Some(index) = self.pick(table.exact.get(path.as_bytes()), method, &mut mismatch) {
             return RouteMatch::Found(index);
         }
         if !table.prefix.is_empty() {
             // Longest segment-aligned prefix first: "/a/b/c", "/a/b", "/a", "/".
             let mut candidate = normalise_prefix(path);
             loop {
-                if let Some(index) = self.pick(table.prefix.get(candidate), method, &mut mismatch) {
+                if let Some(index) = self.pick(
+                    table.prefix.get(candidate.as_bytes()),
+                    method,
+                    &mut mismatch,
+                ) {
                     return RouteMatch::Found(index);
                 }
                 if candidate == "/" {
@@ -196,7 +200,7 @@ impl PathTable {
             PathMatch::Exact => key.path.as_str(),
             PathMatch::Prefix => normalise_prefix(&key.path),
         };
-        map.entry(path.to_string()).or_default().push(index);
+        map.entry(path.as_bytes().into()).or_default().push(index);
     }
 }
 

@@ -7,6 +7,14 @@ pub mod problem;
 pub mod request;
 pub mod response;
 
+/// Uninitialised header slots for one parse (no per-parse initialisation cost).
+pub type HeaderSlots<'b> = [std::mem::MaybeUninit<httparse::Header<'b>>];
+
+/// A stack array of `N` uninitialised header slots.
+pub fn header_slots<'b, const N: usize>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; N] {
+    [const { std::mem::MaybeUninit::uninit() }; N]
+}
+
 /// How a message body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFraming {
@@ -50,31 +58,59 @@ impl HeadError {
 /// Checks the raw bytes of a complete head (request line or status line, field lines and the
 /// final empty line) for what `httparse` tolerates but RFC 9112 strictness forbids: bare LF,
 /// bare CR, obs-fold continuation lines, and control characters (NUL, DEL, …) anywhere.
+///
+/// The common case (a clean head) is one branch-free pass over byte pairs that the compiler
+/// vectorises; only a failing head is walked again to name the problem.
 pub fn check_head_bytes(head: &[u8]) -> Result<(), HeadError> {
-    let mut i = 0;
+    let (Some(&first), Some(&last)) = (head.first(), head.last()) else {
+        return Ok(());
+    };
+    let mut bad = is_forbidden_control(first) | (first == b'\n') | (last == b'\r');
+    for (&a, &b) in head.iter().zip(&head[1..]) {
+        // LF exactly where CR precedes it: no bare CR, no bare LF.
+        bad |= (a == b'\r') != (b == b'\n');
+        // A line starting with SP or HTAB continues the previous one (obs-fold).
+        bad |= (a == b'\n') & ((b == b' ') | (b == b'\t'));
+        bad |= is_forbidden_control(b);
+    }
+    if bad {
+        Err(describe_bad_head(head))
+    } else {
+        Ok(())
+    }
+}
+
+/// Control bytes that may not appear in a head (CR and LF only as line ends, HTAB allowed).
+#[inline(always)]
+fn is_forbidden_control(b: u8) -> bool {
+    ((b < 0x20) & (b != b'\t') & (b != b'\r') & (b != b'\n')) | (b == 0x7f)
+}
+
+/// Names the first violation in a head that [`check_head_bytes`] refused.
+fn describe_bad_head(head: &[u8]) -> HeadError {
     let len = head.len();
+    let mut i = 0;
     while i < len {
         let b = head[i];
         if b == b'\r' {
             if i + 1 >= len || head[i + 1] != b'\n' {
-                return Err(HeadError::Malformed("bare CR in head"));
+                return HeadError::Malformed("bare CR in head");
             }
-            // A field line that starts with SP or HTAB continues the previous one (obs-fold).
             if i + 2 < len && (head[i + 2] == b' ' || head[i + 2] == b'\t') {
-                return Err(HeadError::Malformed("obsolete line folding"));
+                return HeadError::Malformed("obsolete line folding");
             }
             i += 2;
             continue;
         }
         if b == b'\n' {
-            return Err(HeadError::Malformed("bare LF in head"));
+            return HeadError::Malformed("bare LF in head");
         }
-        if (b < 0x20 && b != b'\t') || b == 0x7f {
-            return Err(HeadError::Malformed("control character in head"));
+        if is_forbidden_control(b) {
+            return HeadError::Malformed("control character in head");
         }
         i += 1;
     }
-    Ok(())
+    HeadError::Malformed("malformed head")
 }
 
 /// Parses a Content-Length value strictly: 1 to 19 ASCII digits, nothing else.
@@ -149,6 +185,14 @@ mod tests {
         assert!(check_head_bytes(b"GET / HTTP/1.1\r\nHost: a\r\n b\r\n\r\n").is_err());
         assert!(check_head_bytes(b"GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n").is_err());
         assert!(check_head_bytes(b"GET / HTTP/1.1\r\nX: \tb\r\n\r\n").is_ok());
+        assert!(check_head_bytes(b"GET / HTTP/1.1\r\nX: a\x7f\r\n\r\n").is_err());
+        assert!(check_head_bytes(b"\nGET / HTTP/1.1\r\n\r\n").is_err());
+        assert!(check_head_bytes(b"GET / HTTP/1.1\r\n\r\n\r").is_err());
+        assert!(check_head_bytes(b"GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n").is_err());
+        assert_eq!(
+            check_head_bytes(b"GET / HTTP/1.1\nHost: a\r\n\r\n"),
+            Err(HeadError::Malformed("bare LF in head"))
+        );
     }
 
     #[test]

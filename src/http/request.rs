@@ -2,7 +2,9 @@
 //! request smuggling (RFC 9112 §6), plus the head-size, header-count and URI-length limits.
 
 use super::headers::ConnectionOptions;
-use super::{check_head_bytes, parse_content_length, trim_ows, BodyFraming, HeadError};
+use super::{
+    check_head_bytes, parse_content_length, trim_ows, BodyFraming, HeadError, HeaderSlots,
+};
 
 /// Limits applied while parsing a request head.
 #[derive(Debug, Clone, Copy)]
@@ -63,11 +65,11 @@ impl Request<'_> {
 /// Parses one request head from `buf`. `Ok(None)` means more bytes are needed.
 pub fn parse<'b>(
     buf: &'b [u8],
-    headers: &'b mut [httparse::Header<'b>],
+    headers: &'b mut HeaderSlots<'b>,
     limits: HeadLimits,
 ) -> Result<Option<Request<'b>>, HeadError> {
-    let mut req = httparse::Request::new(headers);
-    let head_len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() >= limits.max_head_bytes {
@@ -244,14 +246,14 @@ mod tests {
     };
 
     fn check(raw: &[u8]) -> Result<Option<(BodyFraming, bool)>, HeadError> {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut headers = super::super::header_slots::<32>();
         parse(raw, &mut headers, LIMITS).map(|r| r.map(|r| (r.framing, r.client_keep_alive())))
     }
 
     #[test]
     fn simple_get() {
         let raw = b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\n\r\n";
-        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut headers = super::super::header_slots::<8>();
         let req = parse(raw, &mut headers, LIMITS).unwrap().unwrap();
         assert_eq!(req.head_len, raw.len());
         assert_eq!(req.path(), "/a");
@@ -340,7 +342,7 @@ mod tests {
     #[test]
     fn expectations() {
         let raw = b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n";
-        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut headers = super::super::header_slots::<8>();
         assert!(
             parse(raw, &mut headers, LIMITS)
                 .unwrap()

@@ -2,7 +2,9 @@
 //! requests. Any violation is an upstream protocol error (the client gets 502).
 
 use super::headers::ConnectionOptions;
-use super::{check_head_bytes, parse_content_length, trim_ows, BodyFraming, HeadError};
+use super::{
+    check_head_bytes, parse_content_length, trim_ows, BodyFraming, HeadError, HeaderSlots,
+};
 
 /// A parsed, validated upstream response head borrowing the upstream read buffer.
 pub struct Response<'b> {
@@ -35,12 +37,13 @@ impl Response<'_> {
 /// Parses an upstream response head. `request_was_head` drops the body for HEAD requests.
 pub fn parse<'b>(
     buf: &'b [u8],
-    headers: &'b mut [httparse::Header<'b>],
+    headers: &'b mut HeaderSlots<'b>,
     max_head_bytes: usize,
     request_was_head: bool,
 ) -> Result<Option<Response<'b>>, HeadError> {
-    let mut resp = httparse::Response::new(headers);
-    let head_len = match resp.parse(buf) {
+    let mut resp = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let head_len = match config.parse_response_with_uninit_headers(&mut resp, buf, headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() >= max_head_bytes {
@@ -125,7 +128,7 @@ mod tests {
     use super::*;
 
     fn framing(raw: &[u8], head: bool) -> Result<BodyFraming, HeadError> {
-        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut headers = super::super::header_slots::<16>();
         parse(raw, &mut headers, 16384, head).map(|r| r.unwrap().framing)
     }
 

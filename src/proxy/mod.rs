@@ -13,7 +13,7 @@ use crate::http::headers::is_hop_by_hop;
 use crate::http::problem::write_problem;
 use crate::http::request::{self, HeadLimits, Request};
 use crate::http::response::{self, Response};
-use crate::http::{BodyFraming, HeadError};
+use crate::http::{header_slots, BodyFraming, HeadError};
 use crate::router::RouteMatch;
 use crate::runtime::drain::DrainSignal;
 use crate::snapshot::{Snapshot, Upstream};
@@ -125,7 +125,8 @@ struct Connection {
     core: Rc<Core>,
     listener: usize,
     client: TcpStream,
-    peer_ip: IpAddr,
+    /// The client's address as text, formatted once per connection.
+    peer_ip: IpText,
     inbuf: Vec<u8>,
     pos: usize,
     out: Vec<u8>,
@@ -147,7 +148,7 @@ pub async fn serve_connection(
         core: core.clone(),
         listener,
         client,
-        peer_ip: peer.ip(),
+        peer_ip: IpText::new(peer.ip()),
         inbuf: Vec::with_capacity(READ_CHUNK),
         pos: 0,
         out: Vec::with_capacity(4096),
@@ -201,7 +202,7 @@ impl Connection {
                 if head_deadline.is_none() {
                     head_deadline = Some(Instant::now() + limits.head_timeout);
                 }
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CEILING];
+                let mut headers = header_slots::<MAX_HEADERS_CEILING>();
                 let parsed = request::parse(
                     &self.inbuf[self.pos..],
                     &mut headers[..limits.max_headers],
@@ -212,7 +213,7 @@ impl Connection {
                         return Some(prepare(
                             &core,
                             self.listener,
-                            self.peer_ip,
+                            self.peer_ip.as_bytes(),
                             &req,
                             &mut self.out,
                         ))
@@ -277,7 +278,7 @@ impl Connection {
     /// For a refused request: its head length when it has no body and the client keeps the
     /// connection (so the next request can follow), otherwise `None`.
     fn pending_head_len(&self) -> Option<usize> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CEILING];
+        let mut headers = header_slots::<MAX_HEADERS_CEILING>();
         let limits = &self.core.snapshot.limits;
         let head_limits = HeadLimits {
             max_head_bytes: limits.max_head_bytes,
@@ -606,7 +607,7 @@ impl Connection {
         let mut received_any = false;
         loop {
             if !self.ubuf.is_empty() {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CEILING];
+                let mut headers = header_slots::<MAX_HEADERS_CEILING>();
                 let parsed = response::parse(
                     &self.ubuf,
                     &mut headers[..max_headers],
@@ -766,7 +767,9 @@ fn plan_response(
         && !dechunk
         && !draining;
     out.clear();
-    let _ = write!(out, "HTTP/1.1 {} ", resp.code);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_status_code(out, resp.code);
+    out.push(b' ');
     out.extend_from_slice(reason_of(ubuf, resp.head_len).as_bytes());
     out.extend_from_slice(b"\r\n");
     for header in resp.headers {
@@ -803,7 +806,7 @@ fn plan_response(
 fn prepare(
     core: &Core,
     listener: usize,
-    peer_ip: IpAddr,
+    peer_ip: &[u8],
     req: &Request<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Prepared, Reject> {
@@ -878,10 +881,8 @@ fn prepare(
     if req.framing == BodyFraming::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
-    let _ = write!(
-        out,
-        "X-Forwarded-For: {peer_ip}\r\nX-Forwarded-Proto: http\r\n"
-    );
+    push_header(out, b"X-Forwarded-For", peer_ip);
+    out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
     if !req.host.is_empty() {
         push_header(out, b"X-Forwarded-Host", req.host);
     }
@@ -925,6 +926,37 @@ fn nominated(connection: &crate::http::headers::ConnectionOptions<'_>, name: &[u
         && !name.eq_ignore_ascii_case(b"content-length")
         && !name.eq_ignore_ascii_case(b"host")
         && connection.nominates(name)
+}
+
+/// An IP address as text, held inline.
+struct IpText {
+    bytes: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> IpText {
+        let mut bytes = [0u8; 48];
+        let len = {
+            let mut cursor = &mut bytes[..];
+            let _ = write!(cursor, "{ip}");
+            48 - cursor.len()
+        };
+        IpText { bytes, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Appends a three-digit status code (100–999, checked by the response parser).
+fn push_status_code(out: &mut Vec<u8>, code: u16) {
+    out.extend_from_slice(&[
+        b'0' + (code / 100 % 10) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ]);
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

@@ -1,0 +1,646 @@
+#!/usr/bin/env python3
+"""Helpers for bench/run and bench/loadgen-vs-wrk.
+
+Subcommands:
+  measure   sample the CPU time of process trees, run a command, sample again (one window)
+  rss       resident memory of a process tree, in KiB
+  parse     turn load-generator output (cflow-load --json, or wrk) into one JSON object
+  record    one (scenario, peer, round) record from the measured phases
+  combine   meta + run records → the results JSON
+  meta      the header of a result: machine, versions, run parameters
+  loadgen-record, loadgen-combine   the same for bench/loadgen-vs-wrk
+  report    render the Markdown table from a results JSON file
+  loadgen-table   render the loadgen-vs-wrk Markdown table
+
+CPU time of a process tree is the sum over every thread of every process in the tree of
+se.sum_exec_runtime (/proc/PID/task/TID/sched, nanosecond resolution); when that file is not
+readable it falls back to utime+stime (/proc/PID/task/TID/stat fields 14 and 15, clock ticks).
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- process trees
+
+def children_map():
+    kids = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses: split after the last ')'.
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def tree(pid):
+    """pid and all its descendants."""
+    kids = children_map()
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def task_cpu_ns(pid, tid):
+    try:
+        with open(f"/proc/{pid}/task/{tid}/sched") as f:
+            for line in f:
+                if line.startswith("se.sum_exec_runtime"):
+                    ms = float(line.split(":")[1])
+                    return int(ms * 1_000_000)
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(")") + 2:].split()
+        # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+        ticks = int(fields[11]) + int(fields[12])
+        return ticks * 1_000_000_000 // CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def tree_cpu_ns(pids):
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            total += task_cpu_ns(pid, tid)
+    return total
+
+
+def tree_rss_kib(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def cmd_measure(args):
+    """Runs the command after `--`; writes CPU deltas (ns) of the named trees and the command's own
+    rusage to --out. The command's stdout/stderr pass through."""
+    groups = {}
+    for spec in args.tree:
+        name, pid = spec.split("=", 1)
+        groups[name] = tree(int(pid))
+    before = {name: tree_cpu_ns(pids) for name, pids in groups.items()}
+    t0 = time.monotonic()
+    proc = subprocess.Popen(args.command)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - t0
+    after = {name: tree_cpu_ns(pids) for name, pids in groups.items()}
+    result = {
+        "wall_s": wall,
+        "cmd_user_s": ru.ru_utime,
+        "cmd_sys_s": ru.ru_stime,
+        "cmd_exit": os.waitstatus_to_exitcode(status),
+        "cpu_ns": {name: after[name] - before[name] for name in groups},
+        "pids": groups,
+    }
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+    return result["cmd_exit"]
+
+
+def cmd_rss(args):
+    print(tree_rss_kib(args.pid))
+
+
+# --------------------------------------------------------------------------- load-generator output
+
+WRK_MARK = "CFLOW_BENCH_WRK_JSON "
+UNIT_US = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0, "m": 60_000_000.0}
+
+
+def parse_duration_us(text):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    return float(m.group(1)) * UNIT_US[m.group(2)] if m else None
+
+
+def parse_wrk(text):
+    """wrk output: the JSON line printed by the generated Lua done() when present, otherwise the
+    human-readable summary (`--latency` distribution, totals, Non-2xx, socket errors)."""
+    for line in text.splitlines():
+        if line.startswith(WRK_MARK):
+            d = json.loads(line[len(WRK_MARK):])
+            errors = {k: v for k, v in d["errors"].items() if v and k != "status"}
+            return {
+                "requests": d["requests"],
+                "duration_s": d["duration_us"] / 1e6,
+                "rps": d["requests"] / (d["duration_us"] / 1e6),
+                "non_2xx": d["errors"].get("status", 0),
+                "errors": errors,
+                "latency_us": d["latency_us"],
+            }
+    out = {"errors": {}, "non_2xx": 0, "latency_us": {}}
+    for line in text.splitlines():
+        s = line.strip()
+        m = re.match(r"(\d+) requests in ([\d.]+\w+),", s)
+        if m:
+            out["requests"] = int(m.group(1))
+            out["duration_s"] = parse_duration_us(m.group(2)) / 1e6
+        m = re.match(r"Requests/sec:\s+([\d.]+)", s)
+        if m:
+            out["rps"] = float(m.group(1))
+        m = re.match(r"(50|75|90|99)%\s+([\d.]+\w+)$", s)
+        if m:
+            out["latency_us"]["p" + m.group(1)] = parse_duration_us(m.group(2))
+        m = re.match(r"Non-2xx or 3xx responses:\s+(\d+)", s)
+        if m:
+            out["non_2xx"] = int(m.group(1))
+        m = re.match(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", s)
+        if m:
+            for k, v in zip(("connect", "read", "write", "timeout"), m.groups()):
+                if int(v):
+                    out["errors"][k] = int(v)
+    if "requests" not in out:
+        raise ValueError("no wrk summary in output")
+    return out
+
+
+def parse_cflow(text):
+    """cflow-load --json: the last line that is a JSON object."""
+    obj = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                pass
+    if obj is None:
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            raise ValueError("no JSON object in cflow-load output")
+    status = obj.get("status", {})
+    non_2xx = sum(int(n) for code, n in status.items() if not str(code).startswith(("2", "3")))
+    return {
+        "requests": obj["requests"],
+        "duration_s": obj.get("duration_s"),
+        "rps": obj["rps"],
+        "non_2xx": non_2xx,
+        "errors": {k: v for k, v in (obj.get("errors") or {}).items() if v},
+        "latency_us": obj.get("latency_us", {}),
+        "loadgen_cpu_s": obj.get("loadgen_cpu_s"),
+    }
+
+
+def cmd_parse(args):
+    with open(args.file, errors="replace") as f:
+        text = f.read()
+    parsed = parse_wrk(text) if args.kind == "wrk" else parse_cflow(text)
+    json.dump(parsed, sys.stdout)
+    print()
+
+
+# --------------------------------------------------------------------------- run records
+
+def phase_record(prefix, kind):
+    """One measured phase: the load generator's figures plus the CPU deltas of the same window."""
+    with open(prefix + ".measure.json") as f:
+        m = json.load(f)
+    with open(prefix + ".out", errors="replace") as f:
+        parsed = parse_wrk(f.read()) if kind == "wrk" else parse_cflow(f.read())
+    requests = parsed["requests"]
+    cpu = m["cpu_ns"]
+    rec = dict(parsed)
+    rec["wall_s"] = m["wall_s"]
+    rec["loadgen_exit"] = m["cmd_exit"]
+    rec["loadgen_cpu_s_rusage"] = m["cmd_user_s"] + m["cmd_sys_s"]
+    for name, ns in cpu.items():
+        rec[f"{name}_cpu_s"] = ns / 1e9
+        rec[f"{name}_cpu_us_per_req"] = ns / 1e3 / requests if requests else None
+        rec[f"{name}_cpu_util"] = ns / 1e9 / m["wall_s"] if m["wall_s"] else None
+    rec["pids"] = m["pids"]
+    return rec
+
+
+def cmd_record(args):
+    rec = {"scenario": args.scenario, "peer": args.peer, "round": args.round}
+    if args.skipped:
+        rec["skipped"] = args.skipped
+    else:
+        rec["closed"] = phase_record(args.closed, args.kind)
+        if args.open:
+            rec["open"] = phase_record(args.open, args.kind)
+        rec["rss_kib"] = args.rss
+    with open(args.out, "w") as f:
+        json.dump(rec, f, indent=1)
+    c = rec.get("closed")
+    if c:
+        line = (f"{args.scenario}/{args.peer} round {args.round}: {c['rps']:.0f} req/s, "
+                f"proxy {c['proxy_cpu_us_per_req']:.2f} µs/req "
+                f"({c['proxy_cpu_util'] * 100:.0f}% CPU), p99 {c['latency_us'].get('p99')} µs")
+        o = rec.get("open")
+        if o:
+            line += (f"; open {o['rps']:.0f} req/s p99 {o['latency_us'].get('p99')} µs, "
+                     f"{o['proxy_cpu_us_per_req']:.2f} µs/req")
+        if c.get("non_2xx") or c.get("errors"):
+            line += f"; non-2xx {c.get('non_2xx')} errors {c.get('errors')}"
+        print(line, file=sys.stderr)
+
+
+def cmd_combine(args):
+    with open(args.meta) as f:
+        meta = json.load(f)
+    runs = []
+    for name in sorted(os.listdir(args.runs)):
+        if name.endswith(".json"):
+            with open(os.path.join(args.runs, name)) as f:
+                runs.append(json.load(f))
+    with open(args.out, "w") as f:
+        json.dump({"meta": meta, "runs": runs}, f, indent=1)
+
+
+# --------------------------------------------------------------------------- run metadata
+
+def first_line(cmd):
+    """First output line of a version command (stdout or stderr), or "" when it cannot run."""
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    out = (p.stdout.strip() or p.stderr.strip()).splitlines()
+    return out[0].strip() if out else ""
+
+
+def output_lines(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.splitlines()
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+
+
+def machine_info():
+    model = ""
+    for line in output_lines(["lscpu"]):
+        if line.startswith("Model name:"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "kernel": os.uname().release,
+    }
+
+
+def peer_versions(root, cflow_load):
+    rev = first_line(["git", "-C", root, "rev-parse", "--short", "HEAD"]) or "unknown"
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "src", "Cargo.toml",
+                            "Cargo.lock"], capture_output=True, text=True).stdout.strip()
+    versions = {
+        "credentialflow": rev + ("-dirty" if dirty else ""),
+        "nginx": first_line(["nginx", "-v"]),
+        "haproxy": first_line(["haproxy", "-v"]).split(" - ")[0],
+        "wrk": first_line(["wrk", "-v"]).split(" Copyright")[0],
+        "rustc": first_line(["rustc", "-V"]),
+    }
+    if cflow_load:
+        versions["cflow-load"] = first_line([cflow_load, "--version"])
+    return versions
+
+
+def cmd_meta(args):
+    """The header of a bench/run result: machine, versions, and the run's parameters (from the
+    environment bench/run exports)."""
+    e = os.environ
+    meta = machine_info()
+    meta.update({
+        "versions": peer_versions(args.root, args.cflow_load),
+        "layout": {"proxy_cpus": e["PROXY_CPUS"], "upstream_cpus": e["UPSTREAM_CPUS"],
+                   "loadgen_cpus": e["LOADGEN_CPUS"],
+                   "loadgen_threads": int(e["LOADGEN_THREADS"]), "workers": int(e["WORKERS"])},
+        "loadgen": e["LOADGEN"], "duration": e["DURATION"], "warmup": e["WARMUP"],
+        "connections": int(e["CONNECTIONS"]), "rate": int(e["RATE"]), "runs": int(e["RUNS"]),
+        "peers": e["PEERS"].split(","),
+        "same_headers": e["SAME_HEADERS"] == "yes",
+        "scenarios": [{"name": name, "description": desc} for name, desc in args.scenario],
+        "command": e["COMMAND_LINE"],
+    })
+    if meta["same_headers"]:
+        meta["note"] = "--same-headers: nginx and haproxy also add X-Forwarded-* and X-Request-Id"
+    with open(args.out, "w") as f:
+        json.dump(meta, f, indent=1)
+
+
+def cmd_loadgen_record(args):
+    """One bench/loadgen-vs-wrk run: the generator's own figures and its rusage."""
+    with open(args.prefix + ".measure.json") as f:
+        m = json.load(f)
+    with open(args.prefix + ".out", errors="replace") as f:
+        text = f.read()
+    r = parse_wrk(text) if args.tool == "wrk" else parse_cflow(text)
+    rec = {"tool": "wrk" if args.tool == "wrk" else "cflow-load", "round": args.round,
+           "requests": r["requests"], "rps": r["rps"], "latency_us": r["latency_us"],
+           "non_2xx": r["non_2xx"], "errors": r["errors"],
+           "cpu_s": m["cmd_user_s"] + m["cmd_sys_s"], "user_s": m["cmd_user_s"],
+           "sys_s": m["cmd_sys_s"], "wall_s": m["wall_s"],
+           "self_reported_cpu_s": r.get("loadgen_cpu_s"),
+           "upstream_cpu_s": m["cpu_ns"]["upstream"] / 1e9}
+    with open(args.prefix + ".record.json", "w") as f:
+        json.dump(rec, f)
+    print(f"{rec['tool']} round {args.round}: {rec['rps']:.0f} req/s, {rec['cpu_s']:.2f} CPU s, "
+          f"{rec['requests'] / rec['cpu_s']:.0f} req per CPU-s, upstream "
+          f"{rec['upstream_cpu_s'] / rec['wall_s'] * 100:.0f}% CPU", file=sys.stderr)
+
+
+def cmd_loadgen_combine(args):
+    e = os.environ
+    runs = []
+    for name in sorted(os.listdir(args.raw)):
+        if name.endswith(".record.json"):
+            with open(os.path.join(args.raw, name)) as f:
+                runs.append(json.load(f))
+    meta = machine_info()
+    versions = peer_versions(args.root, args.cflow_load)
+    meta.update({
+        "versions": "; ".join(v for k, v in versions.items() if k in ("wrk", "cflow-load", "nginx")),
+        "upstream_cpus": e["UPSTREAM_CPUS"], "loadgen_cpus": e["LOADGEN_CPUS"],
+        "connections": int(e["CONNECTIONS"]), "duration": e["DURATION"], "runs": int(e["RUNS"]),
+        "tools": ["wrk", "cflow-load"],
+    })
+    with open(args.out, "w") as f:
+        json.dump({"meta": meta, "runs": runs}, f, indent=1)
+
+
+# --------------------------------------------------------------------------- report
+
+def fmt_num(x, digits=1):
+    if x is None:
+        return "n/a"
+    if abs(x) >= 1000:
+        return f"{x / 1000:.{digits}f}k"
+    return f"{x:.{digits}f}"
+
+
+def fmt_range(values, digits=1):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return fmt_num(med, digits)
+    return f"{fmt_num(med, digits)} ({fmt_num(min(values), digits)}–{fmt_num(max(values), digits)})"
+
+
+def fmt_latency(us):
+    if us is None:
+        return "n/a"
+    if us >= 1000:
+        return f"{us / 1000:.2f} ms"
+    return f"{us:.0f} µs"
+
+
+def median_or_none(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def paired_ratios(runs, peer, key, base="nginx"):
+    """Per-round ratio peer/base (both measured in the same round), so drift between rounds cancels."""
+    by_round = {}
+    for r in runs:
+        by_round.setdefault(r["round"], {})[r["peer"]] = r
+    ratios = []
+    for peers in by_round.values():
+        if peer in peers and base in peers:
+            a, b = key(peers[peer]), key(peers[base])
+            if a is not None and b:
+                ratios.append(a / b)
+    return ratios
+
+
+def closed_rps(r):
+    return (r.get("closed") or {}).get("rps")
+
+
+def closed_cpu(r):
+    return (r.get("closed") or {}).get("proxy_cpu_us_per_req")
+
+
+def report_markdown(data):
+    meta = data["meta"]
+    lines = []
+    lines.append("# Credentialflow side-by-side benchmark")
+    lines.append("")
+    lines.append(f"- date: {meta['date']}")
+    lines.append(f"- machine: {meta['cpu_model']}, {meta['cores']} cores, kernel {meta['kernel']}")
+    lines.append(f"- versions: credentialflow {meta['versions']['credentialflow']}; "
+                 f"{meta['versions']['nginx']}; {meta['versions']['haproxy']}; "
+                 f"{meta['versions']['wrk']}; {meta['versions']['rustc']}"
+                 + (f"; {meta['versions']['cflow-load']}" if meta['versions'].get('cflow-load') else ""))
+    lay = meta["layout"]
+    lines.append(f"- layout: proxy on CPU {lay['proxy_cpus']} ({lay['workers']} worker(s)), "
+                 f"upstream nginx on CPU {lay['upstream_cpus']} (1 worker), "
+                 f"load generator ({meta['loadgen']}, {lay['loadgen_threads']} thread(s)) on CPU {lay['loadgen_cpus']}")
+    lines.append(f"- load: {meta['connections']} connections, {meta['duration']} per run after "
+                 f"{meta['warmup']} warm-up, {meta['runs']} runs per peer (peers interleaved per round); "
+                 f"open loop at {meta['rate']} req/s"
+                 + ("" if meta["loadgen"] == "cflow" else " (needs cflow-load: n/a with wrk)"))
+    lines.append(f"- command: `{meta['command']}`")
+    if meta.get("note"):
+        lines.append(f"- note: {meta['note']}")
+    lines.append("")
+    lines.append("Cells are median (min–max) over the runs. ×nginx is the median of per-round ratios "
+                 "to nginx measured in the same round. CPU µs/req is the proxy's own CPU time "
+                 "(all its processes and threads, user + kernel) divided by requests completed; "
+                 "lower is better. p50/p99 are closed-loop (at saturation, p50 ≈ connections ÷ req/s); "
+                 "open-loop figures are at the fixed rate.")
+    lines.append("")
+    problems = []
+    for scenario in meta["scenarios"]:
+        runs = [r for r in data["runs"] if r["scenario"] == scenario["name"]]
+        if not runs:
+            continue
+        lines.append(f"## {scenario['name']}")
+        lines.append("")
+        lines.append(scenario["description"])
+        lines.append("")
+        lines.append("| peer | req/s | ×nginx req/s | CPU µs/req | ×nginx CPU | p50 | p99 "
+                     f"| open p99 @{meta['rate']}/s | open CPU µs/req | RSS MiB |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        peers = [p for p in meta["peers"] if any(r["peer"] == p for r in runs)]
+        for peer in peers:
+            pr = [r for r in runs if r["peer"] == peer]
+            if all(r.get("skipped") for r in pr):
+                lines.append(f"| {peer} | skipped: {pr[0]['skipped']} | | | | | | | | |")
+                continue
+            pr = [r for r in pr if not r.get("skipped")]
+            rps = [closed_rps(r) for r in pr]
+            cpu = [closed_cpu(r) for r in pr]
+            p50 = median_or_none([(r.get("closed") or {}).get("latency_us", {}).get("p50") for r in pr])
+            p99 = median_or_none([(r.get("closed") or {}).get("latency_us", {}).get("p99") for r in pr])
+            opens = [r.get("open") for r in pr if r.get("open")]
+            open_p99 = median_or_none([o.get("latency_us", {}).get("p99") for o in opens])
+            open_cpu = [o.get("proxy_cpu_us_per_req") for o in opens]
+            open_short = [o for o in opens if o.get("rps") and o["rps"] < 0.95 * meta["rate"]]
+            rss = median_or_none([r.get("rss_kib") for r in pr])
+            if peer == "nginx":
+                rr = cr = "1.00"
+            else:
+                rps_ratio = median_or_none(paired_ratios(runs, peer, closed_rps))
+                cpu_ratio = median_or_none(paired_ratios(runs, peer, closed_cpu))
+                rr = f"{rps_ratio:.2f}" if rps_ratio is not None else "—"
+                cr = f"{cpu_ratio:.2f}" if cpu_ratio is not None else "—"
+            open_cell = fmt_latency(open_p99) if opens else "n/a"
+            if open_short:
+                open_cell += " †"
+                problems.append(f"{scenario['name']}/{peer}: open loop reached only "
+                                f"{min(o['rps'] for o in open_short):.0f} of {meta['rate']} req/s in "
+                                f"{len(open_short)} run(s) (†)")
+            lines.append(
+                f"| {peer} | {fmt_range(rps)} | {rr} | {fmt_range(cpu, 2)} | {cr} "
+                f"| {fmt_latency(p50)} | {fmt_latency(p99)} | {open_cell} "
+                f"| {fmt_range(open_cpu, 2) if opens else 'n/a'} "
+                f"| {f'{rss / 1024:.1f}' if rss is not None else 'n/a'} |")
+            threads = meta["layout"]["loadgen_threads"]
+            for r in pr:
+                for phase in ("closed", "open"):
+                    m = r.get(phase)
+                    if not m:
+                        continue
+                    where = f"{scenario['name']}/{peer} round {r['round']} {phase}"
+                    if m.get("non_2xx") or m.get("errors"):
+                        problems.append(f"{where}: non-2xx {m.get('non_2xx', 0)}, "
+                                        f"errors {m.get('errors') or {}}")
+                    util = m["loadgen_cpu_s_rusage"] / m["wall_s"] / threads if m.get("wall_s") else 0
+                    if phase == "closed" and util >= 0.9:
+                        problems.append(f"{where}: the load generator used {util * 100:.0f}% of its "
+                                        f"CPU: the run may be load-generator bound")
+        lines.append("")
+    if problems:
+        lines.append("## Problems seen")
+        lines.append("")
+        lines.extend(f"- {p}" for p in problems)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cmd_report(args):
+    with open(args.file) as f:
+        data = json.load(f)
+    print(report_markdown(data))
+
+
+def cmd_loadgen_table(args):
+    with open(args.file) as f:
+        data = json.load(f)
+    meta = data["meta"]
+    lines = ["# Load generators: requests per load-generator CPU-second", ""]
+    lines.append(f"- date: {meta['date']}; {meta['cpu_model']}, kernel {meta['kernel']}")
+    lines.append(f"- target: upstream nginx (1 worker) on CPU {meta['upstream_cpus']}, `GET /` "
+                 f"(small fixed body); load generator on CPU {meta['loadgen_cpus']}, 1 thread, "
+                 f"-c{meta['connections']}, closed loop, {meta['duration']} per run, {meta['runs']} runs "
+                 f"(interleaved)")
+    lines.append(f"- versions: {meta['versions']}")
+    lines.append(f"- CPU time is the load generator process's own user + system time (wait4 rusage).")
+    lines.append("")
+    lines.append("| load generator | req/s | CPU s (user+sys) | loadgen CPU % | req per loadgen CPU-s "
+                 "| p50 | p99 |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for tool in meta["tools"]:
+        runs = [r for r in data["runs"] if r["tool"] == tool]
+        if not runs:
+            lines.append(f"| {tool} | not available | | | | | |")
+            continue
+        rps = [r["rps"] for r in runs]
+        cpu = [r["cpu_s"] for r in runs]
+        eff = [r["requests"] / r["cpu_s"] for r in runs if r["cpu_s"]]
+        util = [100 * r["cpu_s"] / r["wall_s"] for r in runs]
+        p50 = median_or_none([r["latency_us"].get("p50") for r in runs])
+        p99 = median_or_none([r["latency_us"].get("p99") for r in runs])
+        lines.append(f"| {tool} | {fmt_range(rps)} | {fmt_range(cpu, 2)} | {fmt_range(util, 0)} "
+                     f"| {fmt_range(eff)} "
+                     f"| {fmt_latency(p50)} | {fmt_latency(p99)} |")
+    lines.append("")
+    lines.append("Cells are median (min–max). The upstream is the same nginx for both; when the load "
+                 "generator is the bottleneck (its CPU near 100 % of the run), req/s is its ceiling and "
+                 "req per CPU-second its efficiency.")
+    print("\n".join(lines))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("measure")
+    m.add_argument("--tree", action="append", default=[], help="NAME=PID (repeatable)")
+    m.add_argument("--out", required=True)
+    m.add_argument("command", nargs=argparse.REMAINDER)
+    r = sub.add_parser("rss")
+    r.add_argument("pid", type=int)
+    p = sub.add_parser("parse")
+    p.add_argument("kind", choices=["wrk", "cflow"])
+    p.add_argument("file")
+    rep = sub.add_parser("report")
+    rep.add_argument("file")
+    rc = sub.add_parser("record")
+    rc.add_argument("--scenario", required=True)
+    rc.add_argument("--peer", required=True)
+    rc.add_argument("--round", type=int, required=True)
+    rc.add_argument("--kind", choices=["wrk", "cflow"], default="wrk")
+    rc.add_argument("--closed", help="file prefix of the closed-loop phase")
+    rc.add_argument("--open", help="file prefix of the open-loop phase")
+    rc.add_argument("--rss", type=int, help="proxy RSS in KiB at the end")
+    rc.add_argument("--skipped", help="reason the run was not measured")
+    rc.add_argument("--out", required=True)
+    cb = sub.add_parser("combine")
+    cb.add_argument("--meta", required=True)
+    cb.add_argument("--runs", required=True, help="directory of run records")
+    cb.add_argument("--out", required=True)
+    mt = sub.add_parser("meta")
+    mt.add_argument("--out", required=True)
+    mt.add_argument("--root", required=True, help="the repository (for its git revision)")
+    mt.add_argument("--cflow-load", help="cflow-load binary, when it was used")
+    mt.add_argument("--scenario", nargs=2, action="append", default=[], metavar=("NAME", "DESC"))
+    lr = sub.add_parser("loadgen-record")
+    lr.add_argument("prefix")
+    lr.add_argument("tool", choices=["wrk", "cflow"])
+    lr.add_argument("round", type=int)
+    lc = sub.add_parser("loadgen-combine")
+    lc.add_argument("--raw", required=True)
+    lc.add_argument("--root", required=True)
+    lc.add_argument("--cflow-load")
+    lc.add_argument("--out", required=True)
+    lt = sub.add_parser("loadgen-table")
+    lt.add_argument("file")
+    args = ap.parse_args()
+    if args.cmd == "measure":
+        if args.command and args.command[0] == "--":
+            args.command = args.command[1:]
+        sys.exit(cmd_measure(args))
+    {"rss": cmd_rss, "parse": cmd_parse, "report": cmd_report, "record": cmd_record,
+     "combine": cmd_combine, "meta": cmd_meta, "loadgen-record": cmd_loadgen_record,
+     "loadgen-combine": cmd_loadgen_combine, "loadgen-table": cmd_loadgen_table}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+//! The result of a run: the JSON object printed with `--json` and the human-readable table
+//! with the same facts.
+
+use crate::stats::{ErrorCounts, LatencySummary};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// The result of a run, serialised as the `--json` output.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub url: String,
+    /// "closed" or "open".
+    pub mode: &'static str,
+    pub connections: usize,
+    pub threads: usize,
+    /// Length of the measured window.
+    pub duration_s: f64,
+    /// Responses completed inside the measured window.
+    pub requests: u64,
+    pub rps: f64,
+    /// Responses by status code.
+    pub status: BTreeMap<String, u64>,
+    pub errors: ErrorCounts,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub latency_us: LatencySummary,
+    /// Open loop: the requested rate; null in closed loop.
+    pub target_rate: Option<f64>,
+    /// User plus system CPU seconds of the generator during the measured window.
+    pub loadgen_cpu_s: f64,
+}
+
+impl Report {
+    /// One JSON object on one line.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("the report serialises")
+    }
+
+    /// The human-readable table.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let mode = match self.target_rate {
+            Some(rate) => format!("open loop at {rate} req/s"),
+            None => "closed loop".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{}  {mode}, {} connections, {} thread{}, {:.2} s measured",
+            self.url,
+            self.connections,
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            self.duration_s
+        );
+        let _ = writeln!(
+            out,
+            "  requests     {:>12}   {:.1} req/s",
+            self.requests, self.rps
+        );
+        let l = &self.latency_us;
+        let _ = writeln!(
+            out,
+            "  latency µs   min {}  mean {:.1}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            l.min, l.mean, l.p50, l.p90, l.p99, l.p999, l.max
+        );
+        let status = if self.status.is_empty() {
+            "none".to_string()
+        } else {
+            self.status
+                .iter()
+                .map(|(code, count)| format!("{code}: {count}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+        };
+        let _ = writeln!(out, "  status       {status}");
+        let e = &self.errors;
+        let _ = writeln!(
+            out,
+            "  errors       connect {}  read {}  write {}  timeout {}  parse {}",
+            e.connect, e.read, e.write, e.timeout, e.parse
+        );
+        let _ = writeln!(
+            out,
+            "  transfer     read {}  written {}",
+            human_bytes(self.bytes_read),
+            human_bytes(self.bytes_written)
+        );
+        let per_cpu = if self.loadgen_cpu_s > 0.0 {
+            format!(
+                "{:.0} requests per CPU-second",
+                self.requests as f64 / self.loadgen_cpu_s
+            )
+        } else {
+            "-".to_string()
+        };
+        let _ = writeln!(
+            out,
+            "  loadgen cpu  {:.2} s  ({per_cpu})",
+            self.loadgen_cpu_s
+        );
+        out
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            url: "http://127.0.0.1:1/".into(),
+            mode: "closed",
+            connections: 2,
+            threads: 1,
+            duration_s: 2.0,
+            requests: 10,
+            rps: 5.0,
+            status: [("200".to_string(), 9), ("503".to_string(), 1)].into(),
+            errors: ErrorCounts {
+                timeout: 1,
+                ..ErrorCounts::default()
+            },
+            bytes_read: 2048,
+            bytes_written: 100,
+            latency_us: LatencySummary {
+                min: 1,
+                mean: 2.5,
+                p50: 2,
+                p90: 3,
+                p99: 4,
+                p999: 5,
+                max: 6,
+            },
+            target_rate: None,
+            loadgen_cpu_s: 0.5,
+        }
+    }
+
+    #[test]
+    fn json_has_the_documented_shape() {
+        let value: serde_json::Value = serde_json::from_str(&report().to_json()).unwrap();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for key in [
+            "url",
+            "mode",
+            "connections",
+            "threads",
+            "duration_s",
+            "requests",
+            "rps",
+            "status",
+            "errors",
+            "bytes_read",
+            "bytes_written",
+            "latency_us",
+            "target_rate",
+            "loadgen_cpu_s",
+        ] {
+            assert!(keys.contains(&key), "missing {key}");
+        }
+        assert_eq!(value["status"]["503"], 1);
+        assert_eq!(value["errors"]["timeout"], 1);
+        assert_eq!(value["errors"]["connect"], 0);
+        assert_eq!(value["latency_us"]["p999"], 5);
+        assert!(value["target_rate"].is_null());
+    }
+
+    #[test]
+    fn table_mentions_everything() {
+        let table = report().to_table();
+        for needle in [
+            "closed loop",
+            "10",
+            "5.0 req/s",
+            "p99.9 5",
+            "503: 1",
+            "timeout 1",
+            "2.0 KiB",
+            "20 requests per CPU-second",
+        ] {
+            assert!(table.contains(needle), "{needle} missing in\n{table}");
+        }
+    }
+}
