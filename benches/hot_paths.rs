@@ -236,6 +236,28 @@ fn lookup_case(
     })
 }
 
+/// The same routes' paths in a `matchit` radix tree (path only: no host, no method), as the
+/// reference the hash-per-segment router is measured against. A prefix route becomes its path
+/// plus a catch-all below it; routes that `matchit` refuses as conflicts are left out.
+fn matchit_router(keys: &[RouteKey]) -> matchit::Router<usize> {
+    let mut router = matchit::Router::new();
+    for (index, key) in keys.iter().enumerate() {
+        let path = key.path.trim_end_matches('/');
+        let _ = router.insert(if path.is_empty() { "/" } else { path }, index);
+        if key.path_match == PathMatch::Prefix {
+            let _ = router.insert(format!("{path}/{{*rest}}"), index);
+        }
+    }
+    router
+}
+
+fn matchit_case(name: &'static str, router: &matchit::Router<usize>, path: &str) -> Row {
+    assert!(router.at(path).is_ok(), "{name}: no match for {path}");
+    bench(name, 0, || {
+        black_box(router.at(black_box(path)).map(|m| *m.value).ok());
+    })
+}
+
 // --------------------------------------------------------------------------- chunked bodies
 
 /// A 64 KiB body in chunks of `chunk` bytes, with the terminating chunk.
@@ -278,6 +300,7 @@ fn main() {
     let large = large_head();
     let keys = route_keys();
     let router = Router::new(keys.iter().enumerate());
+    let radix = matchit_router(&keys);
     let chunked_4k = chunked_body(4096);
     let chunked_64 = chunked_body(64);
 
@@ -327,6 +350,14 @@ fn main() {
                     *m == RouteMatch::NotFound
                 })
             }),
+        ),
+        (
+            "matchit::Router::at deep prefix hit (path only)",
+            Box::new(|n| matchit_case(n, &radix, "/api/v1/orders/items/archive/2024/06/12345")),
+        ),
+        (
+            "matchit::Router::at exact hit (path only)",
+            Box::new(|n| matchit_case(n, &radix, "/api/v1/products/search")),
         ),
         (
             "ChunkedScanner::scan 64 KiB, 4 KiB chunks",

@@ -19,6 +19,47 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
+/// Copies the field lines of a parsed `head` into `out` verbatim, leaving out the fields `drop`
+/// names. Consecutive kept lines go over as one copy, so a head with nothing to remove costs a
+/// single copy of its field block.
+pub fn copy_fields(
+    out: &mut Vec<u8>,
+    head: &[u8],
+    fields: &[httparse::Header<'_>],
+    mut drop: impl FnMut(&[u8]) -> bool,
+) {
+    let base = head.as_ptr() as usize;
+    let mut run: Option<(usize, usize)> = None;
+    for field in fields {
+        let name = field.name.as_bytes();
+        let start = name.as_ptr() as usize - base;
+        debug_assert!(start < head.len(), "field outside its head");
+        let name_end = start + name.len();
+        // Field lines end in CRLF (checked before parsing), and values hold no LF.
+        let end = head[name_end..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(head.len(), |p| name_end + p + 1);
+        if drop(name) {
+            if let Some((a, b)) = run.take() {
+                out.extend_from_slice(&head[a..b]);
+            }
+            continue;
+        }
+        run = match run {
+            Some((a, b)) if b == start => Some((a, end)),
+            Some((a, b)) => {
+                out.extend_from_slice(&head[a..b]);
+                Some((start, end))
+            }
+            None => Some((start, end)),
+        };
+    }
+    if let Some((a, b)) = run {
+        out.extend_from_slice(&head[a..b]);
+    }
+}
+
 /// The values of a message's `Connection` headers, kept to test nominated fields.
 #[derive(Default)]
 pub struct ConnectionOptions<'a> {
@@ -79,6 +120,22 @@ mod tests {
         assert!(is_hop_by_hop(b"Keep-Alive"));
         assert!(is_hop_by_hop(b"TRANSFER-ENCODING"));
         assert!(!is_hop_by_hop(b"Content-Length"));
+    }
+
+    #[test]
+    fn copy_fields_keeps_lines_verbatim_and_drops_named_ones() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-A:1\r\nTE: x\r\nX-B:  2\r\nX-C: 3\r\n\r\n";
+        let mut slots = crate::http::header_slots::<8>();
+        let mut req = httparse::Request::new(&mut []);
+        req.parse_with_uninit_headers(head, &mut slots).unwrap();
+        let mut out = Vec::new();
+        copy_fields(&mut out, head, req.headers, |n| {
+            n.eq_ignore_ascii_case(b"te")
+        });
+        assert_eq!(out, b"Host: a\r\nX-A:1\r\nX-B:  2\r\nX-C: 3\r\n");
+        out.clear();
+        copy_fields(&mut out, head, req.headers, |n| n.starts_with(b"X"));
+        assert_eq!(out, b"Host: a\r\nTE: x\r\n");
     }
 
     #[test]

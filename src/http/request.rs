@@ -17,6 +17,8 @@ pub struct HeadLimits {
 pub struct Request<'b> {
     /// Bytes of the head including the final CRLF CRLF.
     pub head_len: usize,
+    /// The head's bytes (request line to the final empty line).
+    pub head: &'b [u8],
     pub method: &'b str,
     /// The request target as sent (origin-form: path and optional query).
     pub target: &'b str,
@@ -182,6 +184,7 @@ pub fn parse<'b>(
     };
     Ok(Some(Request {
         head_len,
+        head: &buf[..head_len],
         method,
         target,
         minor_version,

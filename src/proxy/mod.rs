@@ -9,7 +9,7 @@ pub mod request_id;
 
 use crate::config::MAX_HEADERS_CEILING;
 use crate::http::chunked::ChunkedScanner;
-use crate::http::headers::is_hop_by_hop;
+use crate::http::headers::{copy_fields, is_hop_by_hop};
 use crate::http::problem::write_problem;
 use crate::http::request::{self, HeadLimits, Request};
 use crate::http::response::{self, Response};
@@ -29,9 +29,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bytes kept free at the end of a buffer before each read.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 4 * 1024;
 /// Larger reads while a body streams through.
 const BODY_CHUNK: usize = 64 * 1024;
+/// Buffer capacity a connection keeps between requests; what a large body grew beyond this is
+/// given back, so idle keep-alive connections stay small.
+const RETAINED_BUFFER: usize = 16 * 1024;
 
 /// Per-core state shared by all connections of one core (single-threaded).
 pub struct Core {
@@ -151,7 +154,7 @@ pub async fn serve_connection(
         peer_ip: IpText::new(peer.ip()),
         inbuf: Vec::with_capacity(READ_CHUNK),
         pos: 0,
-        out: Vec::with_capacity(4096),
+        out: Vec::with_capacity(1024),
         ubuf: Vec::new(),
         served: 0,
     };
@@ -169,6 +172,13 @@ impl Connection {
             } else if self.pos > 0 {
                 self.inbuf.drain(..self.pos);
                 self.pos = 0;
+            }
+            if self.inbuf.capacity() > RETAINED_BUFFER {
+                self.inbuf.shrink_to(RETAINED_BUFFER);
+            }
+            if self.ubuf.capacity() > RETAINED_BUFFER {
+                self.ubuf.clear();
+                self.ubuf.shrink_to(RETAINED_BUFFER);
             }
             let prepared = match self.read_request().await {
                 Some(Ok(prepared)) => prepared,
@@ -772,13 +782,9 @@ fn plan_response(
     out.push(b' ');
     out.extend_from_slice(reason_of(ubuf, resp.head_len).as_bytes());
     out.extend_from_slice(b"\r\n");
-    for header in resp.headers {
-        let name = header.name.as_bytes();
-        if is_hop_by_hop(name) || nominated(&resp.connection, name) {
-            continue;
-        }
-        push_header(out, name, header.value);
-    }
+    copy_fields(out, &ubuf[..resp.head_len], resp.headers, |name| {
+        is_hop_by_hop(name) || nominated(&resp.connection, name)
+    });
     if chunked && !dechunk {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
@@ -864,16 +870,9 @@ fn prepare(
         out.extend_from_slice(req.target.as_bytes());
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for header in req.headers {
-        let name = header.name.as_bytes();
-        if is_hop_by_hop(name)
-            || is_replaced_request_header(name)
-            || nominated(&req.connection, name)
-        {
-            continue;
-        }
-        push_header(out, name, header.value);
-    }
+    copy_fields(out, req.head, req.headers, |name| {
+        is_hop_by_hop(name) || is_replaced_request_header(name) || nominated(&req.connection, name)
+    });
     let upstream = &snapshot.upstreams[route.upstream];
     if req.host.is_empty() {
         let _ = write!(out, "Host: {}\r\n", upstream.targets[0]);

@@ -208,23 +208,30 @@ fn worker_thread(
     }
     let core = Rc::new(Core::new(id, snapshot, seed));
     if monoio::utils::detect_uring() {
-        match RuntimeBuilder::<IoUringDriver>::new()
-            .enable_timer()
-            .with_entries(4096)
-            .uring_builder(ring_setup())
-            .build()
-        {
-            Ok(mut runtime) => {
-                runtime.block_on(worker_main(core, control, ready));
-                return;
+        // Deferred task running needs Linux 6.1; older kernels get a plain ring.
+        let mut last_error = None;
+        for flags in [RingFlags::Deferred, RingFlags::Plain] {
+            match RuntimeBuilder::<IoUringDriver>::new()
+                .enable_timer()
+                .with_entries(4096)
+                .uring_builder(ring_setup(flags))
+                .build()
+            {
+                Ok(mut runtime) => {
+                    runtime.block_on(worker_main(core, control, ready));
+                    return;
+                }
+                Err(err) => last_error = Some(err),
             }
-            Err(err) => FALLBACK_WARNING.call_once(|| {
+        }
+        if let Some(err) = last_error {
+            FALLBACK_WARNING.call_once(|| {
                 tracing::warn!(
                     error = %err,
                     memlock_limit_bytes = memlock_limit(),
                     "io_uring ring setup failed (a low RLIMIT_MEMLOCK on kernels before 5.12 is the usual cause: raise it with `ulimit -l` or LimitMEMLOCK=); falling back to the epoll driver"
                 )
-            }),
+            });
         }
     } else {
         FALLBACK_WARNING.call_once(|| {
@@ -237,18 +244,20 @@ fn worker_thread(
     }
 }
 
-/// Ring flags for a ring used by exactly one thread: completions are processed only when the
-/// core asks for them (one batch per reactor turn) instead of interrupting it.
-fn ring_setup() -> io_uring::Builder {
+/// How a core's io_uring ring is set up.
+#[derive(Clone, Copy)]
+enum RingFlags {
+    /// One submitting thread, completions processed only when the core asks for them (one
+    /// batch per reactor turn, no interruptions): `SINGLE_ISSUER | DEFER_TASKRUN`, Linux 6.1+.
+    Deferred,
+    /// No setup flags, for older kernels.
+    Plain,
+}
+
+fn ring_setup(flags: RingFlags) -> io_uring::Builder {
     let mut builder = io_uring::IoUring::builder();
-    match std::env::var("CREDENTIALFLOW_RING").as_deref() {
-        Ok("plain") => {}
-        Ok("coop") => {
-            builder.setup_coop_taskrun().setup_single_issuer();
-        }
-        _ => {
-            builder.setup_single_issuer().setup_defer_taskrun();
-        }
+    if let RingFlags::Deferred = flags {
+        builder.setup_single_issuer().setup_defer_taskrun();
     }
     builder
 }
