@@ -34,6 +34,26 @@ pub fn report_config_errors(errors: &[ConfigError]) {
     );
 }
 
+/// Checks that `address` is free. A listener held by another process (even with SO_REUSEPORT)
+/// makes this bind fail, so two gateways never silently share a port. A gateway that just exited
+/// can hold its port for a few milliseconds while the kernel tears its rings down, so a busy
+/// address is retried for up to two seconds.
+fn probe_listen(address: std::net::SocketAddr) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match std::net::TcpListener::bind(address) {
+            Ok(_) => return Ok(()),
+            Err(err)
+                if err.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// Runs the gateway until SIGTERM/SIGINT; returns the process exit code.
 ///
 /// `on_ready` runs once every core listens (the demo prints its hints there).
@@ -42,9 +62,7 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
     let nofile = raise_nofile_limit();
     block_control_signals();
     for address in &config.resolved.listeners {
-        // A listener held by another process (even with SO_REUSEPORT) makes this bind fail,
-        // so two gateways never silently share a port.
-        if let Err(err) = std::net::TcpListener::bind(address) {
+        if let Err(err) = probe_listen(*address) {
             tracing::error!(%address, error = %err, "cannot listen");
             return 1;
         }
