@@ -10,6 +10,7 @@ use crate::snapshot::Snapshot;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use monoio::net::{ListenerOpts, TcpListener};
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::{Arc, Once};
@@ -282,6 +283,7 @@ async fn worker_main(core: Rc<Core>, control: Receiver<ControlMsg>, ready: Ready
         }
     }
     let _ = ready.send(Ok(()));
+    let listening_fds: Vec<RawFd> = listeners.iter().map(|(_, l)| l.as_raw_fd()).collect();
     for (index, listener) in listeners {
         monoio::spawn(accept_loop(core.clone(), index, listener));
     }
@@ -290,6 +292,15 @@ async fn worker_main(core: Rc<Core>, control: Receiver<ControlMsg>, ready: Ready
         match control.try_recv() {
             Ok(ControlMsg::Drain) | Err(TryRecvError::Disconnected) => break,
             Err(TryRecvError::Empty) => {}
+        }
+    }
+    // Stop listening before anything else: a pending io_uring accept keeps a listening socket
+    // alive in the kernel until the ring is torn down, which can outlive the process.
+    for fd in listening_fds {
+        // SAFETY: the accept loops own these sockets and only close them after the drain signal,
+        // which fires below, so each fd is still the listening socket here.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RDWR);
         }
     }
     core.drain.fire();
@@ -310,14 +321,7 @@ async fn accept_loop(core: Rc<Core>, index: usize, listener: TcpListener) {
     loop {
         let accepted = monoio::select! {
             accepted = listener.accept() => accepted,
-            _ = core.drain.wait() => {
-                // Stop listening now: a pending io_uring accept keeps the socket alive in the
-                // kernel until the ring is torn down, which can outlive the process by a few ms.
-                use std::os::fd::AsRawFd;
-                // SAFETY: shutdown on the listening socket owned by `listener`.
-                unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
-                break;
-            }
+            _ = core.drain.wait() => break,
         };
         match accepted {
             Ok((stream, peer)) => {
