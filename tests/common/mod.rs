@@ -623,6 +623,108 @@ fn find_bytes(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// A raw HTTP/1.1 client connection.
+/// A socket with a read-ahead buffer: how both the test client and the test upstream read
+/// lines, exact-length bodies and chunked bodies.
+trait BufferedSocket {
+    fn buffer(&mut self) -> &mut Vec<u8>;
+
+    /// Reads more bytes from the socket into `tmp`; 0 at end of stream.
+    fn read_some(&mut self, tmp: &mut [u8]) -> io::Result<usize>;
+
+    /// Reads more bytes onto the buffer; 0 at end of stream.
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut tmp = vec![0u8; 64 * 1024];
+        let n = self.read_some(&mut tmp)?;
+        self.buffer().extend_from_slice(&tmp[..n]);
+        Ok(n)
+    }
+
+    /// Reads one CRLF-terminated line (without the CRLF).
+    fn read_line(&mut self) -> io::Result<Vec<u8>> {
+        loop {
+            let buf = self.buffer();
+            if let Some(i) = find_bytes(buf, b"\r\n") {
+                let line = buf[..i].to_vec();
+                buf.drain(..i + 2);
+                return Ok(line);
+            }
+            if buf.len() > 64 * 1024 {
+                return Err(invalid("line longer than 64 KiB"));
+            }
+            if self.fill()? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// Passes exactly `n` bytes to `sink`.
+    fn take_exact(&mut self, mut n: u64, sink: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        let buf = self.buffer();
+        let k = (n.min(buf.len() as u64)) as usize;
+        if k > 0 {
+            sink(&buf[..k]);
+            buf.drain(..k);
+            n -= k as u64;
+        }
+        let mut tmp = vec![0u8; 64 * 1024];
+        while n > 0 {
+            let want = (n.min(tmp.len() as u64)) as usize;
+            let r = self.read_some(&mut tmp[..want])?;
+            if r == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("connection closed with {n} body bytes missing"),
+                ));
+            }
+            sink(&tmp[..r]);
+            n -= r as u64;
+        }
+        Ok(())
+    }
+
+    /// Passes the data of a chunked body to `sink`, through the trailer section.
+    fn read_chunked(&mut self, sink: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        loop {
+            let line = String::from_utf8_lossy(&self.read_line()?).into_owned();
+            let size_str = line.split(';').next().unwrap_or("").trim();
+            let size = u64::from_str_radix(size_str, 16)
+                .map_err(|_| invalid(format!("bad chunk size line {line:?}")))?;
+            if size == 0 {
+                // Trailer section up to the empty line.
+                loop {
+                    if self.read_line()?.is_empty() {
+                        return Ok(());
+                    }
+                }
+            }
+            self.take_exact(size, sink)?;
+            if !self.read_line()?.is_empty() {
+                return Err(invalid("missing CRLF after chunk data"));
+            }
+        }
+    }
+}
+
+impl BufferedSocket for Client {
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    fn read_some(&mut self, tmp: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(tmp)
+    }
+}
+
+impl BufferedSocket for UpConn {
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    fn read_some(&mut self, tmp: &mut [u8]) -> io::Result<usize> {
+        self.read_raw(tmp)
+    }
+}
+
 pub struct Client {
     pub stream: TcpStream,
     buf: Vec<u8>,
@@ -675,29 +777,6 @@ impl Client {
         self.read_response()
     }
 
-    fn fill(&mut self) -> io::Result<usize> {
-        let mut tmp = [0u8; 16 * 1024];
-        let n = self.stream.read(&mut tmp)?;
-        self.buf.extend_from_slice(&tmp[..n]);
-        Ok(n)
-    }
-
-    fn read_line(&mut self) -> io::Result<Vec<u8>> {
-        loop {
-            if let Some(i) = find_bytes(&self.buf, b"\r\n") {
-                let line = self.buf[..i].to_vec();
-                self.buf.drain(..i + 2);
-                return Ok(line);
-            }
-            if self.buf.len() > 64 * 1024 {
-                return Err(invalid("line longer than 64 KiB"));
-            }
-            if self.fill()? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-    }
-
     /// Reads a response head (status line + headers).
     pub fn read_head(&mut self) -> io::Result<ResponseHead> {
         let end = loop {
@@ -746,29 +825,6 @@ impl Client {
         })
     }
 
-    fn take_exact(&mut self, mut n: u64, sink: &mut dyn FnMut(&[u8])) -> io::Result<()> {
-        let k = (n.min(self.buf.len() as u64)) as usize;
-        if k > 0 {
-            sink(&self.buf[..k]);
-            self.buf.drain(..k);
-            n -= k as u64;
-        }
-        let mut tmp = vec![0u8; 64 * 1024];
-        while n > 0 {
-            let want = (n.min(tmp.len() as u64)) as usize;
-            let r = self.stream.read(&mut tmp[..want])?;
-            if r == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("connection closed with {n} body bytes missing"),
-                ));
-            }
-            sink(&tmp[..r]);
-            n -= r as u64;
-        }
-        Ok(())
-    }
-
     /// Reads the body belonging to `head` into `sink`. `no_body` is set for
     /// responses to HEAD requests. Returns whether the body was chunked.
     pub fn read_body_with(
@@ -781,25 +837,8 @@ impl Client {
             return Ok(false);
         }
         if head.is_chunked() {
-            loop {
-                let line = self.read_line()?;
-                let line = String::from_utf8_lossy(&line).into_owned();
-                let size_str = line.split(';').next().unwrap_or("").trim();
-                let size = u64::from_str_radix(size_str, 16)
-                    .map_err(|_| invalid(format!("bad chunk size line {line:?}")))?;
-                if size == 0 {
-                    // Trailer section up to the empty line.
-                    loop {
-                        if self.read_line()?.is_empty() {
-                            return Ok(true);
-                        }
-                    }
-                }
-                self.take_exact(size, sink)?;
-                if !self.read_line()?.is_empty() {
-                    return Err(invalid("missing CRLF after chunk data"));
-                }
-            }
+            self.read_chunked(sink)?;
+            return Ok(true);
         }
         if let Some(len) = head.content_length() {
             self.take_exact(len, sink)?;
@@ -1170,29 +1209,6 @@ impl UpConn {
         }
     }
 
-    fn fill(&mut self) -> io::Result<usize> {
-        let mut tmp = vec![0u8; 64 * 1024];
-        let n = self.read_raw(&mut tmp)?;
-        self.buf.extend_from_slice(&tmp[..n]);
-        Ok(n)
-    }
-
-    fn read_line(&mut self) -> io::Result<Vec<u8>> {
-        loop {
-            if let Some(i) = find_bytes(&self.buf, b"\r\n") {
-                let line = self.buf[..i].to_vec();
-                self.buf.drain(..i + 2);
-                return Ok(line);
-            }
-            if self.buf.len() > 64 * 1024 {
-                return Err(invalid("line too long"));
-            }
-            if self.fill()? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-    }
-
     /// Reads a request head; `Ok(None)` on a clean close between requests.
     fn read_head(&mut self) -> io::Result<Option<RecordedRequest>> {
         let end = loop {
@@ -1232,46 +1248,6 @@ impl UpConn {
             body_len: 0,
             chunked: false,
         }))
-    }
-
-    fn take_exact(&mut self, mut n: u64, sink: &mut dyn FnMut(&[u8])) -> io::Result<()> {
-        let k = (n.min(self.buf.len() as u64)) as usize;
-        if k > 0 {
-            sink(&self.buf[..k]);
-            self.buf.drain(..k);
-            n -= k as u64;
-        }
-        let mut tmp = vec![0u8; 64 * 1024];
-        while n > 0 {
-            let want = (n.min(tmp.len() as u64)) as usize;
-            let r = self.read_raw(&mut tmp[..want])?;
-            if r == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            sink(&tmp[..r]);
-            n -= r as u64;
-        }
-        Ok(())
-    }
-
-    fn read_chunked(&mut self, sink: &mut dyn FnMut(&[u8])) -> io::Result<()> {
-        loop {
-            let line = String::from_utf8_lossy(&self.read_line()?).into_owned();
-            let size_str = line.split(';').next().unwrap_or("").trim();
-            let size = u64::from_str_radix(size_str, 16)
-                .map_err(|_| invalid(format!("bad chunk size {line:?}")))?;
-            if size == 0 {
-                loop {
-                    if self.read_line()?.is_empty() {
-                        return Ok(());
-                    }
-                }
-            }
-            self.take_exact(size, sink)?;
-            if !self.read_line()?.is_empty() {
-                return Err(invalid("missing CRLF after chunk"));
-            }
-        }
     }
 }
 
