@@ -4,12 +4,15 @@
 use crate::config::{Config, ConfigError};
 use crate::observe::init_logging;
 use crate::runtime::{
-    allowed_cpus, block_control_signals, raise_nofile_limit, start_workers, stop_workers,
-    wait_for_signal,
+    allowed_cpus, block_control_signals, raise_nofile_limit, return_free_memory, start_workers,
+    stop_workers, wait_for_signal, wait_for_signal_timeout,
 };
 use crate::snapshot::Snapshot;
 use std::path::Path;
 use std::sync::Arc;
+
+/// How often the control thread hands memory freed by the cores back to the kernel.
+const MEMORY_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Loads a config, printing every error to stderr. `None` when it is not valid.
 pub fn load_config(path: &Path) -> Option<Config> {
@@ -88,7 +91,10 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
     );
     on_ready(&snapshot);
     loop {
-        let signal = wait_for_signal();
+        let Some(signal) = wait_for_signal_timeout(MEMORY_TRIM_INTERVAL) else {
+            return_free_memory();
+            continue;
+        };
         if signal == libc::SIGHUP {
             tracing::warn!("SIGHUP received: live configuration reload is not available yet; restart to apply changes");
             continue;

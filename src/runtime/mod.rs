@@ -142,6 +142,27 @@ pub fn wait_for_signal() -> i32 {
     signal
 }
 
+/// Waits up to `timeout` for one of the control signals; `None` when none arrived.
+pub fn wait_for_signal_timeout(timeout: Duration) -> Option<i32> {
+    let set = control_signals();
+    let wait = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: valid set and timespec pointers; a null siginfo pointer is allowed.
+    let signal = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &wait) };
+    (signal > 0).then_some(signal)
+}
+
+/// Gives memory freed by the cores (connection buffers after a burst of connections) back to
+/// the kernel; the allocator otherwise keeps it in its per-thread arenas.
+pub fn return_free_memory() {
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 static FALLBACK_WARNING: Once = Once::new();
 
 /// Starts `count` workers serving `snapshot`; returns once every worker listens.
