@@ -13,7 +13,7 @@ use crate::http::headers::{copy_fields, is_hop_by_hop};
 use crate::http::problem::write_problem;
 use crate::http::request::{self, HeadLimits, Request};
 use crate::http::response::{self, Response};
-use crate::http::{header_slots, BodyFraming, HeadError};
+use crate::http::{header_slots, BodyFraming};
 use crate::router::RouteMatch;
 use crate::runtime::drain::DrainSignal;
 use crate::snapshot::{Snapshot, Upstream};
@@ -86,6 +86,9 @@ struct Reject {
     /// For 405: the `Allow` header line.
     allow: Option<String>,
     request_id: RequestId,
+    /// The head's length when the request has no body and the client keeps the connection, so
+    /// the next request can follow the refusal; `None` means close.
+    reusable_head_len: Option<usize>,
 }
 
 /// How the upstream's response body reaches the client.
@@ -103,6 +106,17 @@ struct Outstanding {
     core: Rc<Core>,
     upstream: usize,
     target: usize,
+}
+
+impl Outstanding {
+    fn begin(core: &Rc<Core>, upstream: usize, target: usize) -> Outstanding {
+        core.pools.borrow_mut().begin(upstream, target);
+        Outstanding {
+            core: core.clone(),
+            upstream,
+            target,
+        }
+    }
 }
 
 impl Drop for Outstanding {
@@ -260,7 +274,7 @@ impl Connection {
 
     /// Answers a request refused before forwarding; keeps the connection when possible.
     async fn reject(&mut self, reject: Reject) -> Next {
-        let head_len = self.pending_head_len();
+        let head_len = reject.reusable_head_len;
         let close = head_len.is_none() || self.core.drain.is_draining();
         if let Some(len) = head_len {
             self.pos += len;
@@ -283,27 +297,6 @@ impl Connection {
             return Next::Close;
         }
         Next::KeepAlive
-    }
-
-    /// For a refused request: its head length when it has no body and the client keeps the
-    /// connection (so the next request can follow), otherwise `None`.
-    fn pending_head_len(&self) -> Option<usize> {
-        let mut headers = header_slots::<MAX_HEADERS_CEILING>();
-        let limits = &self.core.snapshot.limits;
-        let head_limits = HeadLimits {
-            max_head_bytes: limits.max_head_bytes,
-            max_uri_bytes: limits.max_uri_bytes,
-        };
-        match request::parse(
-            &self.inbuf[self.pos..],
-            &mut headers[..limits.max_headers],
-            head_limits,
-        ) {
-            Ok(Some(req)) if req.framing == BodyFraming::None && req.client_keep_alive() => {
-                Some(req.head_len)
-            }
-            _ => None,
-        }
     }
 
     /// Writes a problem response and closes the connection (lingering, see [`linger_close`]).
@@ -367,7 +360,8 @@ impl Connection {
         };
 
         let mut force_fresh = false;
-        let (mut up, target, plan) = loop {
+        // The outstanding count leaves the loop with the connection and lasts through the body.
+        let (mut up, target, plan, _outstanding) = loop {
             let (mut up, target, reused) =
                 match self.open_upstream(&prepared, upstream, force_fresh).await {
                     Ok(opened) => opened,
@@ -376,14 +370,7 @@ impl Connection {
                         return Next::Close;
                     }
                 };
-            let _outstanding = {
-                core.pools.borrow_mut().begin(prepared.upstream, target);
-                Outstanding {
-                    core: core.clone(),
-                    upstream: prepared.upstream,
-                    target,
-                }
-            };
+            let outstanding = Outstanding::begin(&core, prepared.upstream, target);
             let sent = self
                 .send_request(&prepared, &mut up, &mut scanner, remaining, body_seen)
                 .await;
@@ -392,7 +379,7 @@ impl Connection {
                 Err(fail) => Err(fail),
             };
             match result {
-                Ok(plan) => break (up, target, plan),
+                Ok(plan) => break (up, target, plan, outstanding),
                 Err(UpstreamFail::Stale) if reused && body_buffered && !force_fresh => {
                     tracing::debug!(
                         core = core.id,
@@ -428,14 +415,6 @@ impl Connection {
                     return Next::Close;
                 }
                 Err(UpstreamFail::ClientGone) => return Next::Close,
-            }
-        };
-        let _outstanding = {
-            core.pools.borrow_mut().begin(prepared.upstream, target);
-            Outstanding {
-                core: core.clone(),
-                upstream: prepared.upstream,
-                target,
             }
         };
 
@@ -823,6 +802,13 @@ fn prepare(
         Some(id) => request_id.set(id),
         None => core.request_ids.next(&mut request_id),
     }
+    let reject = |status, allow| Reject {
+        status,
+        allow,
+        request_id,
+        reusable_head_len: (req.framing == BodyFraming::None && req.client_keep_alive())
+            .then_some(req.head_len),
+    };
     let path = req.path();
     let route_index = match router.lookup(req.host, path, req.method) {
         RouteMatch::Found(index) => index,
@@ -831,28 +817,14 @@ fn prepare(
                 "Allow: {}\r\n",
                 router.allowed_methods(req.host, path).join(", ")
             );
-            return Err(Reject {
-                status: 405,
-                allow: Some(allow),
-                request_id,
-            });
+            return Err(reject(405, Some(allow)));
         }
-        RouteMatch::NotFound => {
-            return Err(Reject {
-                status: 404,
-                allow: None,
-                request_id,
-            })
-        }
+        RouteMatch::NotFound => return Err(reject(404, None)),
     };
     let route = &snapshot.routes[route_index];
     if let BodyFraming::Length(n) = req.framing {
         if route.max_body_bytes > 0 && n > route.max_body_bytes {
-            return Err(Reject {
-                status: 413,
-                allow: None,
-                request_id,
-            });
+            return Err(reject(413, None));
         }
     }
 
@@ -975,10 +947,4 @@ fn reason_of(buf: &[u8], head_len: usize) -> &str {
     // "HTTP/1.1 200 OK": the reason starts after the second space.
     let reason = line.splitn(3, |&b| b == b' ').nth(2).unwrap_or(b"");
     std::str::from_utf8(reason).unwrap_or("")
-}
-
-impl From<HeadError> for UpstreamFail {
-    fn from(_: HeadError) -> Self {
-        UpstreamFail::Status(502)
-    }
 }
