@@ -5,7 +5,7 @@ use crate::config::{Config, ConfigError};
 use crate::observe::init_logging;
 use crate::runtime::{
     allowed_cpus, block_control_signals, raise_nofile_limit, return_free_memory, start_workers,
-    stop_workers, wait_for_signal, wait_for_signal_timeout,
+    stop_workers, wait_for_signal, wait_for_signal_timeout, ControlMsg, Worker,
 };
 use crate::snapshot::Snapshot;
 use std::path::Path;
@@ -60,7 +60,7 @@ fn probe_listen(address: std::net::SocketAddr) -> std::io::Result<()> {
 /// Runs the gateway until SIGTERM/SIGINT; returns the process exit code.
 ///
 /// `on_ready` runs once every core listens (the demo prints its hints there).
-pub fn serve(config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
+pub fn serve(mut config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
     init_logging(&config.logging.level, config.logging.format);
     let nofile = raise_nofile_limit();
     block_control_signals();
@@ -81,8 +81,9 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
         }
     };
     for listener in &snapshot.listeners {
-        tracing::info!(listener = %listener.name, address = %listener.address, "listening");
+        tracing::info!(listener = %listener.name, address = %listener.address, tls = listener.tls.is_some(), "listening");
     }
+    log_certificates(&snapshot);
     tracing::info!(
         workers = worker_count,
         pinned = config.gateway.pin,
@@ -96,10 +97,12 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
             continue;
         };
         if signal == libc::SIGHUP {
-            tracing::warn!("SIGHUP received: live configuration reload is not available yet; restart to apply changes");
+            if let Some(reloaded) = reload(&config, &workers) {
+                config = reloaded;
+            }
             continue;
         }
-        tracing::info!(signal, drain_timeout = ?snapshot.drain_timeout, "shutting down: draining in-flight requests");
+        tracing::info!(signal, drain_timeout = ?config.gateway.drain_timeout.0, "shutting down: draining in-flight requests");
         break;
     }
     std::thread::spawn(|| {
@@ -113,4 +116,81 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
     stop_workers(workers);
     tracing::info!("stopped");
     0
+}
+
+/// How long a reload waits for every core to switch to the new snapshot.
+const RELOAD_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Re-reads the config file (SIGHUP) and, when it is valid and keeps the same listener
+/// addresses, hands the new snapshot to every core. Connections stay open; each serves its next
+/// request (and a new TLS handshake uses the new certificates) from the new snapshot. Returns
+/// the new config when it was applied.
+fn reload(current: &Config, workers: &[Worker]) -> Option<Config> {
+    let path = &current.source_path;
+    tracing::info!(config = %path.display(), "SIGHUP: reloading configuration");
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            for error in &errors {
+                tracing::error!(error = %error, "reload refused: invalid configuration");
+            }
+            return None;
+        }
+    };
+    if config.resolved.listeners != current.resolved.listeners {
+        tracing::error!("reload refused: listener addresses changed (restart to apply)");
+        return None;
+    }
+    if config.gateway.workers != current.gateway.workers
+        || config.gateway.pin != current.gateway.pin
+        || config.logging.level != current.logging.level
+        || config.logging.format != current.logging.format
+    {
+        tracing::warn!("[gateway] and [logging] changes take effect on restart only");
+    }
+    let snapshot = Arc::new(Snapshot::compile(&config));
+    let (ack, acks) = crossbeam_channel::unbounded();
+    for worker in workers {
+        let _ = worker
+            .control
+            .send(ControlMsg::Adopt(snapshot.clone(), ack.clone()));
+    }
+    let deadline = std::time::Instant::now() + RELOAD_ACK_TIMEOUT;
+    let mut applied = 0;
+    while applied < workers.len() {
+        match acks.recv_deadline(deadline) {
+            Ok(_) => applied += 1,
+            Err(_) => break,
+        }
+    }
+    if applied < workers.len() {
+        tracing::warn!(
+            applied,
+            cores = workers.len(),
+            "reload: not every core confirmed the new configuration in time"
+        );
+    } else {
+        tracing::info!(cores = applied, "configuration reloaded");
+    }
+    log_certificates(&snapshot);
+    Some(config)
+}
+
+/// Logs each TLS listener's certificates with their names and remaining validity.
+fn log_certificates(snapshot: &Snapshot) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for listener in &snapshot.listeners {
+        let Some(tls) = &listener.tls else { continue };
+        for (file, names, not_after) in &tls.certificates {
+            tracing::info!(
+                listener = %listener.name,
+                certificate = %file,
+                names = %names.join(","),
+                days_left = (not_after - now) / 86_400,
+                "TLS certificate"
+            );
+        }
+    }
 }

@@ -15,4 +15,5 @@ pub mod proxy;
 pub mod router;
 pub mod runtime;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

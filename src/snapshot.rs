@@ -4,7 +4,10 @@
 
 use crate::config::{Balance, Config};
 use crate::router::{RouteKey, Router};
+use crate::tls::client::UpstreamTls;
+use crate::tls::server::ServerTls;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Request limits and client-side timeouts.
@@ -24,6 +27,8 @@ pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
     pub router: Router,
+    /// TLS termination, when the listener has `[listeners.tls]`.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 /// A route after compilation.
@@ -37,6 +42,8 @@ pub struct Route {
     pub strip_prefix: bool,
     /// 0 means unlimited.
     pub max_body_bytes: u64,
+    /// Forward the verified client certificate's identity as headers.
+    pub client_cert_headers: bool,
 }
 
 /// A group of targets and how to use them.
@@ -51,6 +58,8 @@ pub struct Upstream {
     pub response_timeout: Duration,
     pub max_fails: u32,
     pub fail_timeout: Duration,
+    /// TLS to the targets, when the upstream has `[upstreams.tls]`.
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 /// Everything a core needs to serve requests.
@@ -70,7 +79,8 @@ impl Snapshot {
             .upstreams
             .iter()
             .zip(&config.resolved.upstream_targets)
-            .map(|(u, targets)| Upstream {
+            .zip(&config.resolved.upstream_tls)
+            .map(|((u, targets), tls)| Upstream {
                 name: u.name.get_ref().clone(),
                 targets: targets.clone(),
                 balance: u.balance,
@@ -80,6 +90,7 @@ impl Snapshot {
                 response_timeout: u.response_timeout.0,
                 max_fails: u.max_fails,
                 fail_timeout: u.fail_timeout.0,
+                tls: tls.clone(),
             })
             .collect();
         let mut routes = Vec::new();
@@ -101,6 +112,7 @@ impl Snapshot {
                     upstream,
                     strip_prefix: r.strip_prefix,
                     max_body_bytes: r.max_body_bytes.unwrap_or(config.limits.max_body_bytes),
+                    client_cert_headers: r.client_cert_headers,
                 });
                 route_listeners.push(r.listeners.iter().map(|l| l.get_ref().clone()).collect());
             }
@@ -109,7 +121,8 @@ impl Snapshot {
             .listeners
             .iter()
             .zip(&config.resolved.listeners)
-            .map(|(l, &address)| {
+            .zip(&config.resolved.listener_tls)
+            .map(|((l, &address), tls)| {
                 let name = l.name.get_ref().clone();
                 let served = routes.iter().enumerate().filter(|(i, _)| {
                     route_listeners[*i].is_empty() || route_listeners[*i].contains(&name)
@@ -119,6 +132,7 @@ impl Snapshot {
                     name,
                     address,
                     router,
+                    tls: tls.clone(),
                 }
             })
             .collect();

@@ -7,10 +7,13 @@ mod duration;
 
 pub use duration::{parse_duration, ConfigDuration};
 
+use crate::tls::client::UpstreamTls;
+use crate::tls::server::ServerTls;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -117,6 +120,93 @@ impl Default for LimitsSection {
 pub struct ListenerSection {
     pub name: Spanned<String>,
     pub address: Spanned<String>,
+    /// TLS termination on this listener.
+    pub tls: Option<Spanned<ListenerTlsSection>>,
+}
+
+/// Lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// Whether a TLS listener asks clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// No client certificate is requested.
+    None,
+    /// A certificate is requested; without one the connection proceeds unauthenticated, an
+    /// untrusted one is refused.
+    Optional,
+    /// A certificate trusted by `client_ca` is required to complete the handshake.
+    Required,
+}
+
+/// One certificate chain and its private key (PEM files).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSection {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+/// `[listeners.tls]`: TLS termination settings of one listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSection {
+    /// Chains chosen by SNI from their DNS names; the first is the default.
+    pub certificates: Spanned<Vec<CertificateSection>>,
+    #[serde(default = "default_min_version")]
+    pub min_version: TlsVersion,
+    #[serde(default = "default_client_auth")]
+    pub client_auth: ClientAuth,
+    /// CA bundle (PEM) that client certificates must chain to.
+    pub client_ca: Option<Spanned<String>>,
+    /// CRL files (PEM) checked against client certificates.
+    #[serde(default)]
+    pub client_crls: Vec<Spanned<String>>,
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: ConfigDuration,
+    #[serde(default = "default_true")]
+    pub session_tickets: bool,
+    /// Ticket keys shared with other nodes (64 hex digits per line, first encrypts).
+    pub ticket_key_file: Option<Spanned<String>>,
+    /// How long one ticket key period lasts; a ticket is accepted for up to two periods.
+    #[serde(default = "default_ticket_lifetime")]
+    pub ticket_lifetime: ConfigDuration,
+}
+
+fn default_min_version() -> TlsVersion {
+    TlsVersion::Tls12
+}
+fn default_client_auth() -> ClientAuth {
+    ClientAuth::None
+}
+fn default_handshake_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(10))
+}
+fn default_true() -> bool {
+    true
+}
+fn default_ticket_lifetime() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(12 * 3600))
+}
+
+/// `[upstreams.tls]`: connect to the targets over TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSection {
+    /// CA bundle (PEM) the targets' certificates must chain to.
+    pub ca: Spanned<String>,
+    /// Name sent as SNI and verified in the target's certificate; default: each target's host.
+    pub server_name: Option<Spanned<String>>,
+    /// Client certificate chain and key presented to the targets.
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
 }
 
 /// How an upstream spreads requests over its targets.
@@ -150,6 +240,7 @@ pub struct UpstreamSection {
     /// How long an ejected target stays out before it is tried again.
     #[serde(default = "default_fail_timeout")]
     pub fail_timeout: ConfigDuration,
+    pub tls: Option<Spanned<UpstreamTlsSection>>,
 }
 
 fn default_balance() -> Balance {
@@ -212,6 +303,10 @@ pub struct RouteSection {
     pub strip_prefix: bool,
     /// Overrides `limits.max_body_bytes`; 0 means unlimited.
     pub max_body_bytes: Option<u64>,
+    /// Send the verified client certificate's identity to the upstream as
+    /// `X-Client-Cert-Fingerprint`, `X-Client-Cert-Subject-CN` and `X-Client-Cert-SAN`.
+    #[serde(default)]
+    pub client_cert_headers: bool,
 }
 
 fn default_path_match() -> PathMatch {
@@ -237,15 +332,23 @@ pub struct Config {
     /// Resolved addresses, filled by validation (not part of the file).
     #[serde(skip)]
     pub resolved: Resolved,
+    /// The file this config was read from (reloads read it again).
+    #[serde(skip)]
+    pub source_path: std::path::PathBuf,
 }
 
-/// Addresses resolved on the control side, so that no core ever does a DNS lookup.
+/// What validation computed on the control side: addresses (so that no core ever does a DNS
+/// lookup) and loaded, checked TLS material.
 #[derive(Debug, Clone, Default)]
 pub struct Resolved {
     /// One address per listener, in file order.
     pub listeners: Vec<SocketAddr>,
+    /// Per listener, its TLS settings when it has `[listeners.tls]`.
+    pub listener_tls: Vec<Option<Arc<ServerTls>>>,
     /// Per upstream (file order), one address per target.
     pub upstream_targets: Vec<Vec<SocketAddr>>,
+    /// Per upstream, its TLS client settings when it has `[upstreams.tls]`.
+    pub upstream_tls: Vec<Option<Arc<UpstreamTls>>>,
 }
 
 /// Collects errors against one source text, turning byte offsets into line numbers.
@@ -272,6 +375,14 @@ impl Problems<'_> {
             line,
             message,
         });
+    }
+
+    /// Relative paths in the file are taken from the file's own directory.
+    fn base_dir(&self) -> std::path::PathBuf {
+        Path::new(self.path)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
     }
 
     fn on<T>(&mut self, spanned: &Spanned<T>, message: String) {
@@ -310,6 +421,7 @@ impl Config {
                 return Err(problems.errors);
             }
         };
+        config.source_path = std::path::PathBuf::from(path);
         config.validate(&mut problems);
         if problems.errors.is_empty() {
             Ok(config)
@@ -380,6 +492,19 @@ impl Config {
                     ),
                 ),
             }
+            let tls = listener.tls.as_ref().and_then(|tls| {
+                match ServerTls::load(tls.get_ref(), &p.base_dir()) {
+                    Ok(loaded) => Some(Arc::new(loaded)),
+                    Err(err) => {
+                        p.at(
+                            err.at.unwrap_or(tls.span().start),
+                            format!("listeners.tls: {}", err.error),
+                        );
+                        None
+                    }
+                }
+            });
+            self.resolved.listener_tls.push(tls);
         }
         names
     }
@@ -401,6 +526,25 @@ impl Config {
                     Err(message) => p.on(target, format!("upstreams.targets: {message}")),
                 }
             }
+            let tls = upstream.tls.as_ref().and_then(|tls| {
+                let targets: Vec<&str> = upstream
+                    .targets
+                    .get_ref()
+                    .iter()
+                    .map(|t| t.get_ref().as_str())
+                    .collect();
+                match UpstreamTls::load(tls.get_ref(), &targets, &p.base_dir()) {
+                    Ok(loaded) => Some(Arc::new(loaded)),
+                    Err(err) => {
+                        p.at(
+                            err.at.unwrap_or(tls.span().start),
+                            format!("upstreams.tls: {}", err.error),
+                        );
+                        None
+                    }
+                }
+            });
+            self.resolved.upstream_tls.push(tls);
             if upstream.max_fails == 0 {
                 p.on(
                     &upstream.name,

@@ -4,8 +4,12 @@
 //! Everything here runs on the core's own monoio reactor; the only shared data is the immutable
 //! snapshot behind an `Arc` (read, never cloned per request).
 
+pub mod accept;
+pub mod core;
 pub mod io;
 pub mod request_id;
+
+pub use self::core::{Core, Generation};
 
 use crate::config::MAX_HEADERS_CEILING;
 use crate::http::chunked::ChunkedScanner;
@@ -15,17 +19,14 @@ use crate::http::request::{self, HeadLimits, Request};
 use crate::http::response::{self, Response};
 use crate::http::{header_slots, BodyFraming};
 use crate::router::RouteMatch;
-use crate::runtime::drain::DrainSignal;
-use crate::snapshot::{Snapshot, Upstream};
-use crate::upstream::UpstreamPools;
-use io::{linger_close, read_more, write_all, write_range, IoFail};
+use crate::snapshot::Upstream;
+use crate::tls::certificate::ClientIdentity;
+use io::{linger_close, ByteStream, IoFail, UpstreamStream};
 use monoio::net::TcpStream;
-use request_id::{RequestId, RequestIds};
-use std::cell::{Cell, RefCell};
+use request_id::RequestId;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bytes kept free at the end of a buffer before each read.
@@ -35,29 +36,6 @@ const BODY_CHUNK: usize = 64 * 1024;
 /// Buffer capacity a connection keeps between requests; what a large body grew beyond this is
 /// given back, so idle keep-alive connections stay small.
 const RETAINED_BUFFER: usize = 16 * 1024;
-
-/// Per-core state shared by all connections of one core (single-threaded).
-pub struct Core {
-    pub id: usize,
-    pub snapshot: Arc<Snapshot>,
-    pub pools: RefCell<UpstreamPools>,
-    pub drain: DrainSignal,
-    pub active_connections: Cell<usize>,
-    pub request_ids: RequestIds,
-}
-
-impl Core {
-    pub fn new(id: usize, snapshot: Arc<Snapshot>, seed: u64) -> Core {
-        Core {
-            id,
-            pools: RefCell::new(UpstreamPools::new(&snapshot.upstreams)),
-            snapshot,
-            drain: DrainSignal::default(),
-            active_connections: Cell::new(0),
-            request_ids: RequestIds::new(seed, id),
-        }
-    }
-}
 
 /// What to do with the client connection after an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,16 +81,16 @@ struct ResponsePlan {
 
 /// Counts one outstanding request on a target for least-outstanding balancing.
 struct Outstanding {
-    core: Rc<Core>,
+    generation: Rc<Generation>,
     upstream: usize,
     target: usize,
 }
 
 impl Outstanding {
-    fn begin(core: &Rc<Core>, upstream: usize, target: usize) -> Outstanding {
-        core.pools.borrow_mut().begin(upstream, target);
+    fn begin(generation: &Rc<Generation>, upstream: usize, target: usize) -> Outstanding {
+        generation.pools.borrow_mut().begin(upstream, target);
         Outstanding {
-            core: core.clone(),
+            generation: generation.clone(),
             upstream,
             target,
         }
@@ -121,7 +99,10 @@ impl Outstanding {
 
 impl Drop for Outstanding {
     fn drop(&mut self) {
-        self.core.pools.borrow_mut().end(self.upstream, self.target);
+        self.generation
+            .pools
+            .borrow_mut()
+            .end(self.upstream, self.target);
     }
 }
 
@@ -137,13 +118,26 @@ enum UpstreamFail {
     ClientGone,
 }
 
-/// One client connection.
-struct Connection {
-    core: Rc<Core>,
+/// What the request path knows about the client side of a connection.
+struct ClientInfo {
+    /// Index into the snapshot's listeners (stable across reloads).
     listener: usize,
-    client: TcpStream,
     /// The client's address as text, formatted once per connection.
     peer_ip: IpText,
+    /// The connection arrived over TLS.
+    tls: bool,
+    /// The verified client certificate (mTLS), for the authentication phase.
+    identity: Option<Rc<ClientIdentity>>,
+}
+
+/// One client connection over a plain or TLS stream.
+struct Connection<C> {
+    core: Rc<Core>,
+    /// The snapshot (and upstream pools) the current request is served from; refreshed before
+    /// each request, so a reload applies from the next request on.
+    generation: Rc<Generation>,
+    client: C,
+    info: ClientInfo,
     inbuf: Vec<u8>,
     pos: usize,
     out: Vec<u8>,
@@ -151,33 +145,58 @@ struct Connection {
     served: u64,
 }
 
-/// Serves one accepted client connection until it closes.
-pub async fn serve_connection(
-    core: Rc<Core>,
-    listener: usize,
-    client: TcpStream,
-    peer: SocketAddr,
-) {
-    let _ = client.set_nodelay(true);
+/// Serves one accepted client connection until it closes (after the TLS handshake when the
+/// listener terminates TLS).
+pub async fn serve_connection(core: Rc<Core>, listener: usize, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
     core.active_connections
         .set(core.active_connections.get() + 1);
-    let mut conn = Connection {
-        core: core.clone(),
+    let generation = core.current();
+    let info = ClientInfo {
         listener,
-        client,
         peer_ip: IpText::new(peer.ip()),
-        inbuf: Vec::with_capacity(READ_CHUNK),
-        pos: 0,
-        out: Vec::with_capacity(1024),
-        ubuf: Vec::new(),
-        served: 0,
+        tls: false,
+        identity: None,
     };
-    conn.run().await;
+    match generation.server_tls[listener].clone() {
+        None => {
+            Connection::new(core.clone(), generation, tcp, info)
+                .run()
+                .await
+        }
+        Some(tls) => {
+            let timeout = generation.handshake_timeouts[listener];
+            if let Some((stream, identity)) = accept::handshake(&core, tcp, tls, timeout).await {
+                let info = ClientInfo {
+                    tls: true,
+                    identity,
+                    ..info
+                };
+                let mut conn = Connection::new(core.clone(), generation, stream, info);
+                conn.run().await;
+                conn.client.finish().await;
+            }
+        }
+    }
     core.active_connections
         .set(core.active_connections.get() - 1);
 }
 
-impl Connection {
+impl<C: ByteStream> Connection<C> {
+    fn new(core: Rc<Core>, generation: Rc<Generation>, client: C, info: ClientInfo) -> Self {
+        Connection {
+            core,
+            generation,
+            client,
+            info,
+            inbuf: Vec::with_capacity(READ_CHUNK),
+            pos: 0,
+            out: Vec::with_capacity(1024),
+            ubuf: Vec::new(),
+            served: 0,
+        }
+    }
+
     async fn run(&mut self) {
         loop {
             if self.pos >= self.inbuf.len() {
@@ -215,7 +234,9 @@ impl Connection {
     /// (or after an error response already written).
     async fn read_request(&mut self) -> Option<Result<Prepared, Reject>> {
         let core = self.core.clone();
-        let limits = &core.snapshot.limits;
+        self.generation = core.current();
+        let generation = self.generation.clone();
+        let limits = &generation.snapshot.limits;
         let head_limits = HeadLimits {
             max_head_bytes: limits.max_head_bytes,
             max_uri_bytes: limits.max_uri_bytes,
@@ -234,13 +255,7 @@ impl Connection {
                 );
                 match parsed {
                     Ok(Some(req)) => {
-                        return Some(prepare(
-                            &core,
-                            self.listener,
-                            self.peer_ip.as_bytes(),
-                            &req,
-                            &mut self.out,
-                        ))
+                        return Some(prepare(&core, &generation, &self.info, &req, &mut self.out))
                     }
                     Ok(None) => {}
                     Err(err) => {
@@ -252,7 +267,7 @@ impl Connection {
             }
             let waiting_idle = head_deadline.is_none();
             let deadline = head_deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
-            let read = read_more(&mut self.client, &mut self.inbuf, READ_CHUNK, deadline);
+            let read = self.client.read_more(&mut self.inbuf, READ_CHUNK, deadline);
             let result = if waiting_idle {
                 monoio::select! {
                     result = read => result,
@@ -288,12 +303,8 @@ impl Connection {
             reject.request_id.as_bytes(),
             allow.as_bytes(),
         );
-        let timeout = self.core.snapshot.limits.body_timeout;
-        if write_all(&mut self.client, &mut self.out, timeout)
-            .await
-            .is_err()
-            || close
-        {
+        let timeout = self.generation.snapshot.limits.body_timeout;
+        if self.client.write_all(&mut self.out, timeout).await.is_err() || close {
             return Next::Close;
         }
         Next::KeepAlive
@@ -303,11 +314,8 @@ impl Connection {
     async fn respond_error(&mut self, status: u16, request_id: RequestId) {
         self.out.clear();
         write_problem(&mut self.out, status, true, request_id.as_bytes(), b"");
-        let timeout = self.core.snapshot.limits.body_timeout;
-        if write_all(&mut self.client, &mut self.out, timeout)
-            .await
-            .is_ok()
-        {
+        let timeout = self.generation.snapshot.limits.body_timeout;
+        if self.client.write_all(&mut self.out, timeout).await.is_ok() {
             linger_close(&mut self.client, &mut self.inbuf).await;
         }
     }
@@ -315,7 +323,8 @@ impl Connection {
     /// Forwards one prepared request and relays the response.
     async fn exchange(&mut self, prepared: Prepared) -> Next {
         let core = self.core.clone();
-        let snapshot = &core.snapshot;
+        let generation = self.generation.clone();
+        let snapshot = &generation.snapshot;
         let upstream = &snapshot.upstreams[prepared.upstream];
         let body_timeout = snapshot.limits.body_timeout;
         self.pos += prepared.head_len;
@@ -370,7 +379,7 @@ impl Connection {
                         return Next::Close;
                     }
                 };
-            let outstanding = Outstanding::begin(&core, prepared.upstream, target);
+            let outstanding = Outstanding::begin(&generation, prepared.upstream, target);
             let sent = self
                 .send_request(&prepared, &mut up, &mut scanner, remaining, body_seen)
                 .await;
@@ -393,7 +402,7 @@ impl Connection {
                         _ => 502,
                     };
                     let now = Instant::now();
-                    let ejected = core.pools.borrow_mut().record_failure(
+                    let ejected = generation.pools.borrow_mut().record_failure(
                         prepared.upstream,
                         target,
                         upstream,
@@ -419,7 +428,9 @@ impl Connection {
         };
 
         // The response head (and any body bytes read with it) is in `out`.
-        if write_all(&mut self.client, &mut self.out, body_timeout)
+        if self
+            .client
+            .write_all(&mut self.out, body_timeout)
             .await
             .is_err()
         {
@@ -429,11 +440,12 @@ impl Connection {
             Ok(complete) => complete,
             Err(()) => return Next::Close,
         };
-        core.pools
+        generation
+            .pools
             .borrow_mut()
             .record_success(prepared.upstream, target);
         if complete && plan.upstream_keep_alive && upstream.keepalive > 0 {
-            core.pools.borrow_mut().put_idle(
+            generation.pools.borrow_mut().put_idle(
                 prepared.upstream,
                 target,
                 upstream,
@@ -455,44 +467,37 @@ impl Connection {
         prepared: &Prepared,
         upstream: &Upstream,
         force_fresh: bool,
-    ) -> Result<(TcpStream, usize, bool), u16> {
+    ) -> Result<(UpstreamStream, usize, bool), u16> {
         let core = self.core.clone();
+        let generation = self.generation.clone();
         let mut excluded = None;
         loop {
             let now = Instant::now();
-            let picked = core
-                .pools
-                .borrow_mut()
-                .pick(prepared.upstream, upstream, excluded, now);
+            let picked =
+                generation
+                    .pools
+                    .borrow_mut()
+                    .pick(prepared.upstream, upstream, excluded, now);
             let Some(target) = picked else {
                 return Err(if excluded.is_some() { 502 } else { 503 });
             };
             if !force_fresh {
-                let idle =
-                    core.pools
-                        .borrow_mut()
-                        .take_idle(prepared.upstream, target, upstream, now);
+                let idle = generation.pools.borrow_mut().take_idle(
+                    prepared.upstream,
+                    target,
+                    upstream,
+                    now,
+                );
                 if let Some(stream) = idle {
                     return Ok((stream, target, true));
                 }
             }
-            let address = upstream.targets[target];
-            let connect = TcpStream::connect_addr(address);
-            let status = match monoio::time::timeout(upstream.connect_timeout, connect).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    return Ok((stream, target, false));
-                }
-                Ok(Err(err)) => {
-                    tracing::warn!(core = core.id, upstream = %upstream.name, target = %address, error = %err, "upstream connect failed");
-                    502
-                }
-                Err(_) => {
-                    tracing::warn!(core = core.id, upstream = %upstream.name, target = %address, "upstream connect timed out");
-                    504
-                }
+            let status = match accept::connect_upstream(&core, upstream, target).await {
+                Ok(stream) => return Ok((stream, target, false)),
+                Err(status) => status,
             };
-            core.pools
+            generation
+                .pools
                 .borrow_mut()
                 .record_failure(prepared.upstream, target, upstream, now);
             if prepared.idempotent && excluded.is_none() && upstream.targets.len() > 1 {
@@ -508,13 +513,13 @@ impl Connection {
     async fn send_request(
         &mut self,
         prepared: &Prepared,
-        up: &mut TcpStream,
+        up: &mut UpstreamStream,
         scanner: &mut ChunkedScanner,
         mut remaining: u64,
         mut body_seen: u64,
     ) -> Result<(), UpstreamFail> {
-        let timeout = self.core.snapshot.limits.body_timeout;
-        if write_all(up, &mut self.out, timeout).await.is_err() {
+        let timeout = self.generation.snapshot.limits.body_timeout;
+        if up.write_all(&mut self.out, timeout).await.is_err() {
             return Err(UpstreamFail::Stale);
         }
         let chunked = prepared.framing == BodyFraming::Chunked;
@@ -529,10 +534,7 @@ impl Connection {
         if prepared.expect_continue && prepared.client_minor == 1 {
             self.out.clear();
             self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            if write_all(&mut self.client, &mut self.out, timeout)
-                .await
-                .is_err()
-            {
+            if self.client.write_all(&mut self.out, timeout).await.is_err() {
                 return Err(UpstreamFail::ClientGone);
             }
         }
@@ -543,7 +545,9 @@ impl Connection {
             }
             if self.pos == self.inbuf.len() {
                 let deadline = Instant::now() + timeout;
-                if read_more(&mut self.client, &mut self.inbuf, BODY_CHUNK, deadline)
+                if self
+                    .client
+                    .read_more(&mut self.inbuf, BODY_CHUNK, deadline)
                     .await
                     .is_err()
                 {
@@ -569,7 +573,8 @@ impl Connection {
                 take as usize
             };
             self.pos += take;
-            if write_range(up, &mut self.inbuf, start..start + take, timeout)
+            if up
+                .write_range(&mut self.inbuf, start..start + take, timeout)
                 .await
                 .is_err()
             {
@@ -584,13 +589,14 @@ impl Connection {
     async fn read_response_head(
         &mut self,
         prepared: &Prepared,
-        up: &mut TcpStream,
+        up: &mut UpstreamStream,
         upstream: &Upstream,
     ) -> Result<ResponsePlan, UpstreamFail> {
         let core = self.core.clone();
-        let max_head = core.snapshot.limits.max_head_bytes;
-        let max_headers = core.snapshot.limits.max_headers;
-        let body_timeout = core.snapshot.limits.body_timeout;
+        let limits = &self.generation.snapshot.limits;
+        let max_head = limits.max_head_bytes;
+        let max_headers = limits.max_headers;
+        let body_timeout = limits.body_timeout;
         let deadline = Instant::now() + upstream.response_timeout;
         self.ubuf.clear();
         let mut received_any = false;
@@ -613,7 +619,9 @@ impl Connection {
                         if relay && prepared.client_minor == 1 {
                             self.out.clear();
                             self.out.extend_from_slice(&self.ubuf[..head_len]);
-                            if write_all(&mut self.client, &mut self.out, body_timeout)
+                            if self
+                                .client
+                                .write_all(&mut self.out, body_timeout)
                                 .await
                                 .is_err()
                             {
@@ -640,7 +648,7 @@ impl Connection {
                     }
                 }
             }
-            match read_more(up, &mut self.ubuf, READ_CHUNK, deadline).await {
+            match up.read_more(&mut self.ubuf, READ_CHUNK, deadline).await {
                 Ok(_) => received_any = true,
                 Err(IoFail::Timeout) => return Err(UpstreamFail::Status(504)),
                 Err(_) if !received_any => return Err(UpstreamFail::Stale),
@@ -655,7 +663,7 @@ impl Connection {
     async fn relay_response_body(
         &mut self,
         plan: &ResponsePlan,
-        up: &mut TcpStream,
+        up: &mut UpstreamStream,
         timeout: Duration,
     ) -> Result<bool, ()> {
         let mut scanner = ChunkedScanner::new();
@@ -684,10 +692,7 @@ impl Connection {
                                 out.extend_from_slice(&ubuf[start + a..start + b])
                             })
                             .map_err(|_| ())?;
-                        if write_all(&mut self.client, &mut self.out, timeout)
-                            .await
-                            .is_err()
-                        {
+                        if self.client.write_all(&mut self.out, timeout).await.is_err() {
                             return Err(());
                         }
                         start += consumed;
@@ -705,14 +710,11 @@ impl Connection {
                 }
             };
             if take > 0
-                && write_range(
-                    &mut self.client,
-                    &mut self.ubuf,
-                    start..start + take,
-                    timeout,
-                )
-                .await
-                .is_err()
+                && self
+                    .client
+                    .write_range(&mut self.ubuf, start..start + take, timeout)
+                    .await
+                    .is_err()
             {
                 return Err(());
             }
@@ -731,11 +733,11 @@ impl Connection {
     /// Empties `ubuf` and reads the next piece of the response body into it.
     async fn refill_upstream(
         &mut self,
-        up: &mut TcpStream,
+        up: &mut UpstreamStream,
         timeout: Duration,
     ) -> Result<(), IoFail> {
         self.ubuf.clear();
-        read_more(up, &mut self.ubuf, BODY_CHUNK, Instant::now() + timeout)
+        up.read_more(&mut self.ubuf, BODY_CHUNK, Instant::now() + timeout)
             .await
             .map(|_| ())
     }
@@ -790,13 +792,13 @@ fn plan_response(
 #[allow(clippy::result_large_err)]
 fn prepare(
     core: &Core,
-    listener: usize,
-    peer_ip: &[u8],
+    generation: &Generation,
+    client: &ClientInfo,
     req: &Request<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Prepared, Reject> {
-    let snapshot = &core.snapshot;
-    let router = &snapshot.listeners[listener].router;
+    let snapshot = &generation.snapshot;
+    let router = &snapshot.listeners[client.listener].router;
     let mut request_id = RequestId::default();
     match req.request_id {
         Some(id) => request_id.set(id),
@@ -852,8 +854,17 @@ fn prepare(
     if req.framing == BodyFraming::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
-    push_header(out, b"X-Forwarded-For", peer_ip);
-    out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    push_header(out, b"X-Forwarded-For", client.peer_ip.as_bytes());
+    out.extend_from_slice(if client.tls {
+        b"X-Forwarded-Proto: https\r\n"
+    } else {
+        b"X-Forwarded-Proto: http\r\n"
+    });
+    if route.client_cert_headers {
+        if let Some(identity) = &client.identity {
+            push_client_cert_headers(out, identity);
+        }
+    }
     if !req.host.is_empty() {
         push_header(out, b"X-Forwarded-Host", req.host);
     }
@@ -877,8 +888,10 @@ fn prepare(
     })
 }
 
-/// Request fields the gateway sets itself (client values are dropped, never trusted).
+/// Request fields the gateway sets itself (client values are dropped, never trusted), including
+/// every `X-Client-Cert-*` field whether or not the route forwards a client certificate.
 fn is_replaced_request_header(name: &[u8]) -> bool {
+    const CLIENT_CERT_PREFIX: &[u8] = b"x-client-cert-";
     [
         &b"x-forwarded-for"[..],
         b"x-forwarded-proto",
@@ -888,6 +901,46 @@ fn is_replaced_request_header(name: &[u8]) -> bool {
     ]
     .iter()
     .any(|h| h.eq_ignore_ascii_case(name))
+        || (name.len() > CLIENT_CERT_PREFIX.len()
+            && name[..CLIENT_CERT_PREFIX.len()].eq_ignore_ascii_case(CLIENT_CERT_PREFIX))
+}
+
+/// The verified client certificate's identity as request fields. Values are percent-encoded
+/// outside visible ASCII (and `%`, `,` inside SAN entries), so a certificate cannot inject
+/// fields.
+fn push_client_cert_headers(out: &mut Vec<u8>, identity: &ClientIdentity) {
+    push_header(
+        out,
+        b"X-Client-Cert-Fingerprint",
+        identity.fingerprint_sha256.as_bytes(),
+    );
+    if let Some(cn) = &identity.subject_cn {
+        out.extend_from_slice(b"X-Client-Cert-Subject-CN: ");
+        push_escaped(out, cn.as_bytes(), b"%");
+        out.extend_from_slice(b"\r\n");
+    }
+    if !identity.sans.is_empty() {
+        out.extend_from_slice(b"X-Client-Cert-SAN: ");
+        for (i, san) in identity.sans.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            push_escaped(out, san.as_bytes(), b"%,");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Appends `value` with bytes outside visible ASCII and those in `also` percent-encoded.
+fn push_escaped(out: &mut Vec<u8>, value: &[u8], also: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in value {
+        if (0x20..0x7f).contains(&b) && !also.contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+        }
+    }
 }
 
 /// A field named in `Connection` is dropped, except those that frame or address the message:

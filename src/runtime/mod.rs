@@ -25,6 +25,9 @@ const CONTROL_TICK: Duration = Duration::from_millis(20);
 pub enum ControlMsg {
     /// Stop accepting, finish in-flight requests, close idle connections, then exit.
     Drain,
+    /// Serve new requests from this snapshot; the core sends its id on the ack channel once it
+    /// has.
+    Adopt(Arc<Snapshot>, Sender<usize>),
 }
 
 /// Why the workers could not start.
@@ -286,7 +289,7 @@ fn ring_setup(flags: RingFlags) -> io_uring::Builder {
 
 async fn worker_main(core: Rc<Core>, control: Receiver<ControlMsg>, ready: Ready) {
     let mut listeners = Vec::new();
-    for (index, listener) in core.snapshot.listeners.iter().enumerate() {
+    for (index, listener) in core.current().snapshot.listeners.iter().enumerate() {
         let options = ListenerOpts::new()
             .reuse_port(true)
             .reuse_addr(true)
@@ -312,6 +315,10 @@ async fn worker_main(core: Rc<Core>, control: Receiver<ControlMsg>, ready: Ready
         monoio::time::sleep(CONTROL_TICK).await;
         match control.try_recv() {
             Ok(ControlMsg::Drain) | Err(TryRecvError::Disconnected) => break,
+            Ok(ControlMsg::Adopt(snapshot, ack)) => {
+                core.adopt(snapshot);
+                let _ = ack.send(core.id);
+            }
             Err(TryRecvError::Empty) => {}
         }
     }
@@ -325,7 +332,7 @@ async fn worker_main(core: Rc<Core>, control: Receiver<ControlMsg>, ready: Ready
         }
     }
     core.drain.fire();
-    let deadline = Instant::now() + core.snapshot.drain_timeout;
+    let deadline = Instant::now() + core.current().snapshot.drain_timeout;
     while core.active_connections.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -334,6 +341,16 @@ async fn worker_main(core: Rc<Core>, control: Receiver<ControlMsg>, ready: Ready
             core = core.id,
             connections = core.active_connections.get(),
             "drain timeout: closing remaining connections"
+        );
+    }
+    let counters = &core.counters;
+    if counters.tls_handshakes.get() + counters.tls_failures.get() > 0 {
+        tracing::info!(
+            core = core.id,
+            handshakes = counters.tls_handshakes.get(),
+            resumed = counters.tls_resumed.get(),
+            failed = counters.tls_failures.get(),
+            "TLS totals"
         );
     }
 }

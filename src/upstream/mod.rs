@@ -3,15 +3,15 @@
 //! re-admission after `fail_timeout`). Owned by one core; never shared.
 
 use crate::config::Balance;
+use crate::proxy::io::UpstreamStream;
 use crate::snapshot::Upstream;
-use monoio::net::TcpStream;
 use std::time::Instant;
 
 /// One target's core-local state.
 #[derive(Default)]
 struct TargetState {
     /// Idle keep-alive connections, newest last, each with the time it became idle.
-    idle: Vec<(TcpStream, Instant)>,
+    idle: Vec<(UpstreamStream, Instant)>,
     consecutive_fails: u32,
     ejected_until: Option<Instant>,
     outstanding: u32,
@@ -48,6 +48,32 @@ impl UpstreamPools {
         }
     }
 
+    /// Pools for a new snapshot's upstreams that keep the idle connections and health of every
+    /// upstream whose name, targets and transport did not change (a reload then costs no
+    /// reconnects); the rest start empty.
+    pub fn carry_over(
+        mut old: UpstreamPools,
+        old_upstreams: &[Upstream],
+        new_upstreams: &[Upstream],
+    ) -> UpstreamPools {
+        let mut pools = UpstreamPools::new(new_upstreams);
+        for (state, new) in pools.upstreams.iter_mut().zip(new_upstreams) {
+            let same = old_upstreams.iter().position(|o| {
+                o.name == new.name
+                    && o.targets == new.targets
+                    && o.tls.is_none()
+                    && new.tls.is_none()
+            });
+            if let Some(index) = same {
+                *state = std::mem::take(&mut old.upstreams[index]);
+                for target in &mut state.targets {
+                    target.idle.truncate(new.keepalive);
+                }
+            }
+        }
+        pools
+    }
+
     /// Picks a healthy target other than `exclude`, or `None` when every candidate is ejected.
     pub fn pick(
         &mut self,
@@ -77,7 +103,7 @@ impl UpstreamPools {
         target: usize,
         upstream: &Upstream,
         now: Instant,
-    ) -> Option<TcpStream> {
+    ) -> Option<UpstreamStream> {
         let idle = &mut self.upstreams[index].targets[target].idle;
         while let Some((stream, since)) = idle.pop() {
             if now.duration_since(since) < upstream.keepalive_timeout {
@@ -93,7 +119,7 @@ impl UpstreamPools {
         index: usize,
         target: usize,
         upstream: &Upstream,
-        stream: TcpStream,
+        stream: UpstreamStream,
         now: Instant,
     ) {
         let idle = &mut self.upstreams[index].targets[target].idle;
@@ -157,6 +183,7 @@ mod tests {
             response_timeout: Duration::from_secs(1),
             max_fails: 2,
             fail_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 
@@ -198,5 +225,27 @@ mod tests {
         );
         pools.record_success(0, 0);
         assert_eq!(pools.pick(0, &u, None, now), Some(0));
+    }
+
+    #[test]
+    fn carry_over_keeps_unchanged_upstreams_only() {
+        let a = upstream(Balance::RoundRobin, 1);
+        let mut b = upstream(Balance::RoundRobin, 2);
+        b.name = "b".into();
+        let mut pools = UpstreamPools::new(&[a.clone(), b.clone()]);
+        let now = Instant::now();
+        pools.record_failure(0, 0, &a, now);
+        pools.record_failure(0, 0, &a, now);
+        // b's targets change in the new snapshot; a stays as it was.
+        let mut b2 = b.clone();
+        b2.targets.pop();
+        let carried = UpstreamPools::carry_over(pools, &[a.clone(), b], &[b2.clone(), a.clone()]);
+        let mut carried = carried;
+        assert_eq!(
+            carried.pick(1, &a, None, now),
+            None,
+            "a's ejection carried over"
+        );
+        assert_eq!(carried.pick(0, &b2, None, now), Some(0));
     }
 }

@@ -1,0 +1,106 @@
+//! The per-core context every connection of a core shares (single-threaded), and the
+//! generation — one snapshot with the core's own state for it — that requests are served from.
+//!
+//! A reload hands the core a new snapshot: it becomes the current generation at once, each
+//! connection picks it up before its next request, and a request in flight finishes on the
+//! generation it started with. Upstream pools of unchanged upstreams move to the new generation.
+
+use crate::runtime::drain::DrainSignal;
+use crate::snapshot::Snapshot;
+use crate::upstream::UpstreamPools;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::request_id::RequestIds;
+
+/// One snapshot as this core serves it.
+pub struct Generation {
+    pub snapshot: Arc<Snapshot>,
+    pub pools: RefCell<UpstreamPools>,
+    /// This core's own copy of each listener's TLS server config (`None`: plain listener), so
+    /// per-connection reference counting stays on the core.
+    pub server_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// The listener's handshake timeout, indexed like `server_tls`.
+    pub handshake_timeouts: Vec<std::time::Duration>,
+}
+
+impl Generation {
+    fn new(snapshot: Arc<Snapshot>, pools: UpstreamPools) -> Generation {
+        let server_tls = snapshot
+            .listeners
+            .iter()
+            .map(|l| l.tls.as_ref().map(|tls| Arc::new((*tls.config).clone())))
+            .collect();
+        let handshake_timeouts = snapshot
+            .listeners
+            .iter()
+            .map(|l| {
+                l.tls
+                    .as_ref()
+                    .map_or(Default::default(), |t| t.handshake_timeout)
+            })
+            .collect();
+        Generation {
+            snapshot,
+            pools: RefCell::new(pools),
+            server_tls,
+            handshake_timeouts,
+        }
+    }
+}
+
+/// Counters of one core (read when the core stops).
+#[derive(Default)]
+pub struct CoreCounters {
+    pub tls_handshakes: Cell<u64>,
+    pub tls_resumed: Cell<u64>,
+    pub tls_failures: Cell<u64>,
+}
+
+impl CoreCounters {
+    pub fn bump(counter: &Cell<u64>) {
+        counter.set(counter.get() + 1);
+    }
+}
+
+/// Per-core state shared by all connections of one core.
+pub struct Core {
+    pub id: usize,
+    current: RefCell<Rc<Generation>>,
+    pub drain: DrainSignal,
+    pub active_connections: Cell<usize>,
+    pub request_ids: RequestIds,
+    pub counters: CoreCounters,
+}
+
+impl Core {
+    pub fn new(id: usize, snapshot: Arc<Snapshot>, seed: u64) -> Core {
+        let pools = UpstreamPools::new(&snapshot.upstreams);
+        Core {
+            id,
+            current: RefCell::new(Rc::new(Generation::new(snapshot, pools))),
+            drain: DrainSignal::default(),
+            active_connections: Cell::new(0),
+            request_ids: RequestIds::new(seed, id),
+            counters: CoreCounters::default(),
+        }
+    }
+
+    /// The generation new requests are served from.
+    pub fn current(&self) -> Rc<Generation> {
+        self.current.borrow().clone()
+    }
+
+    /// Makes `snapshot` current, carrying over the pools of unchanged upstreams.
+    pub fn adopt(&self, snapshot: Arc<Snapshot>) {
+        let old = self.current();
+        let old_pools = std::mem::replace(
+            &mut *old.pools.borrow_mut(),
+            UpstreamPools::new(&old.snapshot.upstreams),
+        );
+        let pools =
+            UpstreamPools::carry_over(old_pools, &old.snapshot.upstreams, &snapshot.upstreams);
+        *self.current.borrow_mut() = Rc::new(Generation::new(snapshot, pools));
+    }
+}
