@@ -8,8 +8,9 @@
 mod common;
 
 use common::*;
+use std::fs;
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const CLI_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -382,4 +383,67 @@ fn run_with_valid_config_serves_requests() {
     let gw = Gateway::start(&(lines.join("\n") + "\n"));
     assert_eq!(get(gw.port(), "/cli").status, 200);
     assert_eq!(up.requests(), 1);
+}
+
+#[test]
+fn sighup_reload_applies_a_valid_config_to_open_connections_and_refuses_a_broken_one() {
+    let first = TestUpstream::start(Mode::Echo);
+    let second = TestUpstream::start(Mode::Echo);
+    let port = free_port();
+    let builder = ConfigBuilder::new(port, &[first.port]).workers(2);
+    let gw = builder.start();
+    let mut kept = gw.client();
+    let resp = kept.get("/x");
+    assert_eq!(
+        resp.header("x-upstream-port"),
+        Some(first.port.to_string().as_str())
+    );
+
+    // A broken file is refused; the old config keeps serving.
+    fs::write(gw.config_path(), "[[listeners]\nbroken").expect("rewrite config");
+    gw.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    let resp = kept.get("/y");
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("x-upstream-port"),
+        Some(first.port.to_string().as_str())
+    );
+
+    // The same listener with another upstream: open connections move on their next request.
+    let mut changed = builder.clone();
+    changed.targets = vec![second.port];
+    fs::write(gw.config_path(), changed.build()).expect("rewrite config");
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = kept.get("/z");
+        assert_eq!(resp.status, 200);
+        if resp.header("x-upstream-port") == Some(second.port.to_string().as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reload not applied after 5 s:\n{}",
+            gw.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        get(port, "/new").header("x-upstream-port"),
+        Some(second.port.to_string().as_str())
+    );
+
+    // Changing a listener address needs a restart: refused, still serving.
+    let mut moved = changed.clone();
+    moved.listen = free_port();
+    fs::write(gw.config_path(), moved.build()).expect("rewrite config");
+    gw.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(kept.get("/still").status, 200);
+    assert!(
+        gw.output().contains("listener addresses changed"),
+        "{}",
+        gw.output()
+    );
 }

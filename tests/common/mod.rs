@@ -711,7 +711,7 @@ impl BufferedSocket for Client {
     }
 
     fn read_some(&mut self, tmp: &mut [u8]) -> io::Result<usize> {
-        self.stream.read(tmp)
+        self.raw_read(tmp)
     }
 }
 
@@ -728,9 +728,41 @@ impl BufferedSocket for UpConn {
 pub struct Client {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// The TLS session when the client speaks TLS over `stream`.
+    pub tls: Option<Box<rustls::ClientConnection>>,
 }
 
 impl Client {
+    /// Connects over TLS (SNI `server_name`) and completes the handshake.
+    pub fn try_connect_tls(
+        port: u16,
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<Client> {
+        let mut client = Client::try_connect(port)?;
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|e| invalid(e.to_string()))?;
+        let mut tls = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+        while tls.is_handshaking() {
+            tls.complete_io(&mut client.stream)?;
+        }
+        client.tls = Some(Box::new(tls));
+        Ok(client)
+    }
+
+    /// The TLS session (panics on a plain client).
+    pub fn session(&self) -> &rustls::ClientConnection {
+        self.tls.as_deref().expect("a TLS client")
+    }
+
+    /// Reads from the connection (decrypting on a TLS client).
+    fn raw_read(&mut self, tmp: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.stream.read(tmp),
+            Some(tls) => rustls::Stream::new(tls.as_mut(), &mut self.stream).read(tmp),
+        }
+    }
+
     pub fn try_connect(port: u16) -> io::Result<Client> {
         let stream = TcpStream::connect_timeout(&local(port), Duration::from_secs(5))?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -739,6 +771,7 @@ impl Client {
         Ok(Client {
             stream,
             buf: Vec::new(),
+            tls: None,
         })
     }
 
@@ -751,8 +784,17 @@ impl Client {
     }
 
     pub fn try_send(&mut self, data: &[u8]) -> io::Result<()> {
-        self.stream.write_all(data)?;
-        self.stream.flush()
+        match &mut self.tls {
+            None => {
+                self.stream.write_all(data)?;
+                self.stream.flush()
+            }
+            Some(tls) => {
+                let mut stream = rustls::Stream::new(tls.as_mut(), &mut self.stream);
+                stream.write_all(data)?;
+                stream.flush()
+            }
+        }
     }
 
     pub fn send(&mut self, data: &[u8]) {
@@ -851,7 +893,7 @@ impl Client {
         }
         let mut tmp = vec![0u8; 64 * 1024];
         loop {
-            let r = self.stream.read(&mut tmp)?;
+            let r = self.raw_read(&mut tmp)?;
             if r == 0 {
                 return Ok(false);
             }
@@ -902,7 +944,7 @@ impl Client {
             self.stream
                 .set_read_timeout(Some(remaining))
                 .expect("set timeout");
-            match self.stream.read(&mut tmp) {
+            match self.raw_read(&mut tmp) {
                 Ok(0) => break true,
                 Ok(n) => data.extend_from_slice(&tmp[..n]),
                 Err(e) if is_timeout(&e) => break false,
@@ -928,7 +970,7 @@ impl Client {
         );
         self.set_read_timeout(wait);
         let mut tmp = [0u8; 1024];
-        match self.stream.read(&mut tmp) {
+        match self.raw_read(&mut tmp) {
             Ok(0) => panic!("connection closed unexpectedly"),
             Ok(n) => panic!(
                 "unexpected extra bytes after response: {:?}",
