@@ -185,6 +185,49 @@ fn tls_gateway_config(port: u16, upstream: u16, tls: &str, route_extra: &str) ->
     )
 }
 
+/// The usual set-up: a CA, a server certificate for `api.test` written to disk, and an echo
+/// upstream; `start` runs a gateway with that certificate plus extra `[listeners.tls]` keys.
+struct TlsSetup {
+    ca: Ca,
+    files: Files,
+    pair: String,
+    upstream: TestUpstream,
+}
+
+impl TlsSetup {
+    fn new() -> TlsSetup {
+        let ca = Ca::new("Test CA");
+        let files = Files::new();
+        let pair = files.pair("s", &ca.server(&["api.test"]));
+        TlsSetup {
+            ca,
+            files,
+            pair,
+            upstream: TestUpstream::start(Mode::Echo),
+        }
+    }
+
+    /// Starts a gateway; returns its port and the handle.
+    fn start(&self, tls_extra: &str, route_extra: &str) -> (u16, Gateway) {
+        let port = free_port();
+        let tls = format!("certificates = [{}]\n{tls_extra}", self.pair);
+        let gw = Gateway::start(&tls_gateway_config(
+            port,
+            self.upstream.port,
+            &tls,
+            route_extra,
+        ));
+        (port, gw)
+    }
+
+    fn client_config(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<ClientConfig> {
+        client_config(&self.ca.pem(), versions, None)
+    }
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -359,17 +402,10 @@ fn sni_picks_the_chain_and_unknown_names_get_the_default() {
 
 #[test]
 fn alpn_http11_is_negotiated_and_h2_only_clients_are_refused() {
-    let ca = Ca::new("Test CA");
-    let files = Files::new();
-    let tls = format!(
-        "certificates = [{}]",
-        files.pair("s", &ca.server(&["api.test"]))
-    );
-    let upstream = TestUpstream::start(Mode::Echo);
-    let port = free_port();
-    let _gw = Gateway::start(&tls_gateway_config(port, upstream.port, &tls, ""));
+    let setup = TlsSetup::new();
+    let (port, _gw) = setup.start("", "");
 
-    let mut config = (*client_config(&ca.pem(), BOTH, None)).clone();
+    let mut config = (*setup.client_config(BOTH)).clone();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let mut c = tls_client(port, &Arc::new(config.clone()), "api.test");
     assert_eq!(c.session().alpn_protocol(), Some(&b"http/1.1"[..]));
@@ -384,19 +420,10 @@ fn alpn_http11_is_negotiated_and_h2_only_clients_are_refused() {
 
 #[test]
 fn tls12_and_tls13_handshakes_and_min_version() {
-    let ca = Ca::new("Test CA");
-    let files = Files::new();
-    let pair = files.pair("s", &ca.server(&["api.test"]));
-    let upstream = TestUpstream::start(Mode::Echo);
-    let port = free_port();
-    let _gw = Gateway::start(&tls_gateway_config(
-        port,
-        upstream.port,
-        &format!("certificates = [{pair}]"),
-        "",
-    ));
+    let setup = TlsSetup::new();
+    let (port, _gw) = setup.start("", "");
 
-    let v12 = client_config(&ca.pem(), &[&rustls::version::TLS12], None);
+    let v12 = setup.client_config(&[&rustls::version::TLS12]);
     let mut c = tls_client(port, &v12, "api.test");
     assert_eq!(
         c.session().protocol_version(),
@@ -404,7 +431,7 @@ fn tls12_and_tls13_handshakes_and_min_version() {
     );
     assert_eq!(c.get("/").status, 200);
 
-    let v13 = client_config(&ca.pem(), &[&rustls::version::TLS13], None);
+    let v13 = setup.client_config(&[&rustls::version::TLS13]);
     let mut c = tls_client(port, &v13, "api.test");
     assert_eq!(
         c.session().protocol_version(),
@@ -413,13 +440,7 @@ fn tls12_and_tls13_handshakes_and_min_version() {
     assert_eq!(c.get("/").status, 200);
 
     // A listener with min_version = "1.3" refuses a TLS 1.2-only client.
-    let port13 = free_port();
-    let _gw13 = Gateway::start(&tls_gateway_config(
-        port13,
-        upstream.port,
-        &format!("certificates = [{pair}]\nmin_version = \"1.3\""),
-        "",
-    ));
+    let (port13, _gw13) = setup.start("min_version = \"1.3\"", "");
     assert!(Client::try_connect_tls(port13, v12, "api.test").is_err());
     let mut c = tls_client(port13, &v13, "api.test");
     assert_eq!(c.get("/").status, 200);
@@ -439,23 +460,14 @@ fn one_request(port: u16, config: &Arc<ClientConfig>) -> HandshakeKind {
 
 #[test]
 fn sessions_resume_on_reconnect_whichever_core_takes_it() {
-    let ca = Ca::new("Test CA");
-    let files = Files::new();
-    let pair = files.pair("s", &ca.server(&["api.test"]));
-    let upstream = TestUpstream::start(Mode::Echo);
-    let port = free_port();
+    let setup = TlsSetup::new();
     // Two cores: reconnects spread over both listeners (SO_REUSEPORT hashes the client port).
-    let _gw = Gateway::start(&tls_gateway_config(
-        port,
-        upstream.port,
-        &format!("certificates = [{pair}]"),
-        "",
-    ));
+    let (port, _gw) = setup.start("", "");
     for versions in [
         &[&rustls::version::TLS13][..],
         &[&rustls::version::TLS12][..],
     ] {
-        let config = client_config(&ca.pem(), versions, None);
+        let config = setup.client_config(versions);
         assert_eq!(one_request(port, &config), HandshakeKind::Full);
         for round in 0..8 {
             assert_eq!(
@@ -467,43 +479,26 @@ fn sessions_resume_on_reconnect_whichever_core_takes_it() {
     }
 
     // With tickets off nothing resumes.
-    let port_off = free_port();
-    let _gw_off = Gateway::start(&tls_gateway_config(
-        port_off,
-        upstream.port,
-        &format!("certificates = [{pair}]\nsession_tickets = false"),
-        "",
-    ));
-    let config = client_config(&ca.pem(), BOTH, None);
+    let (port_off, _gw_off) = setup.start("session_tickets = false", "");
+    let config = setup.client_config(BOTH);
     one_request(port_off, &config);
     assert_eq!(one_request(port_off, &config), HandshakeKind::Full);
 }
 
 #[test]
 fn nodes_sharing_a_ticket_key_file_resume_each_others_sessions() {
-    let ca = Ca::new("Test CA");
-    let files = Files::new();
-    let pair = files.pair("s", &ca.server(&["api.test"]));
+    let setup = TlsSetup::new();
+    let files = &setup.files;
     let shared = files.write("shared.keys", &format!("# current\n{}\n", "5a".repeat(32)));
     let other = files.write("other.keys", &format!("{}\n", "c3".repeat(32)));
-    let upstream = TestUpstream::start(Mode::Echo);
-    let start = |keys: &str| {
-        let port = free_port();
-        let gw = Gateway::start(&tls_gateway_config(
-            port,
-            upstream.port,
-            &format!("certificates = [{pair}]\nticket_key_file = \"{keys}\""),
-            "",
-        ));
-        (port, gw)
-    };
+    let start = |keys: &str| setup.start(&format!("ticket_key_file = \"{keys}\""), "");
     let (port_a, _a) = start(&shared);
     let (port_b, _b) = start(&shared);
     let (port_c, _c) = start(&other);
 
     // The client keys its session cache by server name, so a ticket from node A is offered to
     // B and C as well.
-    let config = client_config(&ca.pem(), &[&rustls::version::TLS13], None);
+    let config = setup.client_config(&[&rustls::version::TLS13]);
     assert_eq!(one_request(port_a, &config), HandshakeKind::Full);
     assert_eq!(one_request(port_b, &config), HandshakeKind::Resumed);
     assert_eq!(one_request(port_c, &config), HandshakeKind::Full);
@@ -515,21 +510,18 @@ fn nodes_sharing_a_ticket_key_file_resume_each_others_sessions() {
 
 #[test]
 fn required_client_auth_admits_only_trusted_unrevoked_certificates() {
-    let ca = Ca::new("Server CA");
+    let setup = TlsSetup::new();
+    let (ca, upstream) = (&setup.ca, &setup.upstream);
     let client_ca = Ca::new("Client CA");
     let rogue_ca = Ca::new("Rogue CA");
-    let files = Files::new();
-    let pair = files.pair("s", &ca.server(&["api.test"]));
-    let client_ca_path = files.write("client-ca.pem", &client_ca.pem());
-    let crl_path = files.write("client.crl", &client_ca.crl(&[666]));
-    let upstream = TestUpstream::start(Mode::Echo);
-    let port = free_port();
+    let client_ca_path = setup.files.write("client-ca.pem", &client_ca.pem());
+    let crl_path = setup.files.write("client.crl", &client_ca.crl(&[666]));
     let tls = format!(
-        "certificates = [{pair}]\nclient_auth = \"required\"\nclient_ca = \"{client_ca_path}\"\nclient_crls = [\"{crl_path}\"]"
+        "client_auth = \"required\"\nclient_ca = \"{client_ca_path}\"\nclient_crls = [\"{crl_path}\"]"
     );
-    let config = tls_gateway_config(port, upstream.port, &tls, "client_cert_headers = true")
-        + "\n[[apis.routes]]\npath = \"/plain\"\nupstream = \"app\"\n";
-    let _gw = Gateway::start(&config);
+    let route =
+        "client_cert_headers = true\n\n[[apis.routes]]\npath = \"/plain\"\nupstream = \"app\"";
+    let (port, _gw) = setup.start(&tls, route);
 
     // No certificate, an untrusted one, a revoked one: refused.
     assert_refused(port, &client_config(&ca.pem(), BOTH, None), "api.test");
@@ -596,22 +588,12 @@ fn required_client_auth_admits_only_trusted_unrevoked_certificates() {
 
 #[test]
 fn optional_client_auth_serves_anonymous_clients_without_identity() {
-    let ca = Ca::new("Server CA");
+    let setup = TlsSetup::new();
+    let (ca, upstream) = (&setup.ca, &setup.upstream);
     let client_ca = Ca::new("Client CA");
-    let files = Files::new();
-    let pair = files.pair("s", &ca.server(&["api.test"]));
-    let client_ca_path = files.write("client-ca.pem", &client_ca.pem());
-    let upstream = TestUpstream::start(Mode::Echo);
-    let port = free_port();
-    let tls = format!(
-        "certificates = [{pair}]\nclient_auth = \"optional\"\nclient_ca = \"{client_ca_path}\""
-    );
-    let _gw = Gateway::start(&tls_gateway_config(
-        port,
-        upstream.port,
-        &tls,
-        "client_cert_headers = true",
-    ));
+    let client_ca_path = setup.files.write("client-ca.pem", &client_ca.pem());
+    let tls = format!("client_auth = \"optional\"\nclient_ca = \"{client_ca_path}\"");
+    let (port, _gw) = setup.start(&tls, "client_cert_headers = true");
 
     let mut anonymous = tls_client(port, &client_config(&ca.pem(), BOTH, None), "api.test");
     let resp = anonymous
@@ -782,18 +764,10 @@ fn check_rejects_expired_mismatched_and_missing_tls_files() {
 
 #[test]
 fn garbage_plain_http_and_slow_handshakes_close_only_their_connection() {
-    let ca = Ca::new("Test CA");
-    let files = Files::new();
-    let pair = files.pair("s", &ca.server(&["api.test"]));
-    let upstream = TestUpstream::start(Mode::Echo);
-    let port = free_port();
-    let gw = Gateway::start(&tls_gateway_config(
-        port,
-        upstream.port,
-        &format!("certificates = [{pair}]\nhandshake_timeout = \"500ms\""),
-        "",
-    ));
-    let config = client_config(&ca.pem(), BOTH, None);
+    let setup = TlsSetup::new();
+    let upstream = &setup.upstream;
+    let (port, gw) = setup.start("handshake_timeout = \"500ms\"", "");
+    let config = setup.client_config(BOTH);
     let mut established = tls_client(port, &config, "api.test");
     assert_eq!(established.get("/").status, 200);
 
