@@ -17,6 +17,12 @@ scenario_reset() {
     S_HEADER_FILE=""       # one "Name: value" per line, rotated: request i carries line i mod n
     S_TLS="no"             # "yes": the client speaks TLS to the proxy (ECDSA P-256, same cert for all)
     S_CONNECTIONS=""       # overrides --connections for this scenario
+    S_RATE=""              # overrides --rate (open loop) for this scenario
+    S_LOADGEN_ARGS=()      # extra cflow-load arguments (e.g. --no-resume); wrk cannot take them
+    S_NEEDS_CFLOW_LOAD=""  # why the scenario needs cflow-load: with --loadgen wrk it is skipped
+    S_UNIT="req"           # what one request stands for in the report: "req" or "handshake"
+    S_EXPECT_RESUMED=""    # TLS: "yes"/"no" — the report flags runs whose handshakes did not
+                           # (or did) resume, as counted by cflow-load
     S_EXPECT_STATUS="200"  # what the verification request must get through each proxy ...
     S_EXPECT_BODY=""       # ... a substring of the body ...
     S_EXPECT_BYTES=""      # ... or the exact body length
@@ -70,14 +76,46 @@ scenario_conn_churn() {
 
 # --- Not in the default set -------------------------------------------------------------------
 
-# TLS termination with keep-alive. Credentialflow has no TLS listener yet: fill S_CFLOW_LISTENER
-# with its TLS keys (certificate $ASSETS/tls/cert.pem and key $ASSETS/tls/key.pem, issued by
-# $ASSETS/tls/ca.pem) and drop the skip.
-scenario_tls_plain() {
-    S_DESC="GET / over TLS 1.3 (ECDSA P-256), keep-alive; TLS terminated at the proxy."
+# TLS scenarios: every peer terminates TLS with the same ECDSA P-256 certificate
+# ($ASSETS/tls/cert.pem, key.pem; issued by $ASSETS/tls/ca.pem), TLS 1.2 and 1.3 allowed (the
+# client negotiates 1.3), session tickets on. The server side is the same in every TLS scenario;
+# the scenarios differ only in what the client does. See "TLS" in bench/README.md.
+tls_common() {
     S_TLS="yes"
     S_EXPECT_BODY="hello from upstream"
-    S_SKIP=("credentialflow: TLS listeners not implemented yet" "direct: the upstream does not speak TLS")
+    S_CFLOW_LISTENER="tls = { certificates = [{ cert = \"$ASSETS/tls/cert.pem\", key = \"$ASSETS/tls/key.pem\" }], min_version = \"1.2\", session_tickets = true }"
+    S_SKIP=("direct: the upstream does not speak TLS")
+}
+
+# TLS termination on kept-alive connections: record encryption and decryption per request.
+scenario_tls() {
+    tls_common
+    S_DESC="GET / over TLS 1.3 (ECDSA P-256), keep-alive; TLS terminated at the proxy."
+}
+# The scenario's former name.
+scenario_tls_plain() { scenario_tls; }
+
+# A new TLS connection per request, full handshake each time (the client never resumes).
+scenario_tls_handshake_full() {
+    tls_common
+    S_DESC="GET / with \`Connection: close\` over TLS 1.3, a full handshake per request (cflow-load --no-resume): handshakes/s = req/s."
+    S_HEADERS=("Connection: close")
+    S_LOADGEN_ARGS=(--no-resume)
+    S_NEEDS_CFLOW_LOAD="wrk can neither turn off nor count TLS session resumption"
+    S_UNIT="handshake"
+    S_EXPECT_RESUMED="no"
+    S_RATE=1000
+}
+
+# A new TLS connection per request, resumed from a session ticket of an earlier connection.
+scenario_tls_handshake_resumed() {
+    tls_common
+    S_DESC="GET / with \`Connection: close\` over TLS 1.3, each new connection resumed with a session ticket (PSK + ECDHE): handshakes/s = req/s."
+    S_HEADERS=("Connection: close")
+    S_NEEDS_CFLOW_LOAD="wrk cannot count TLS session resumption"
+    S_UNIT="handshake"
+    S_EXPECT_RESUMED="yes"
+    S_RATE=1000
 }
 
 # JWT RS256 verification (signature only) in front of GET /. haproxy verifies with jwt_verify;

@@ -210,6 +210,8 @@ def parse_cflow(text):
         "errors": {k: v for k, v in (obj.get("errors") or {}).items() if v},
         "latency_us": obj.get("latency_us", {}),
         "loadgen_cpu_s": obj.get("loadgen_cpu_s"),
+        # https: negotiated version/cipher/group, resumption on or off, handshakes and resumed.
+        "tls": obj.get("tls"),
     }
 
 
@@ -263,6 +265,10 @@ def cmd_record(args):
         if o:
             line += (f"; open {o['rps']:.0f} req/s p99 {o['latency_us'].get('p99')} µs, "
                      f"{o['proxy_cpu_us_per_req']:.2f} µs/req")
+        tls = c.get("tls")
+        if tls and tls.get("handshakes"):
+            line += (f"; {tls['version']} {tls['handshakes']} handshakes, "
+                     f"{100 * tls['resumed'] / tls['handshakes']:.1f}% resumed")
         if c.get("non_2xx") or c.get("errors"):
             line += f"; non-2xx {c.get('non_2xx')} errors {c.get('errors')}"
         print(line, file=sys.stderr)
@@ -329,6 +335,18 @@ def peer_versions(root, cflow_load):
     return versions
 
 
+def scenario_meta(name, desc, opts):
+    """A scenario's entry in the meta: name, description and its --scenario-opt settings
+    (rate: its own open-loop rate; unit: "req" or "handshake"; expect_resumed: "yes"/"no")."""
+    out = {"name": name, "description": desc}
+    for opt_name, setting in opts:
+        if opt_name != name:
+            continue
+        key, _, value = setting.partition("=")
+        out[key] = int(value) if key == "rate" else value
+    return out
+
+
 def cmd_meta(args):
     """The header of a bench/run result: machine, versions, and the run's parameters (from the
     environment bench/run exports)."""
@@ -343,7 +361,7 @@ def cmd_meta(args):
         "connections": int(e["CONNECTIONS"]), "rate": int(e["RATE"]), "runs": int(e["RUNS"]),
         "peers": e["PEERS"].split(","),
         "same_headers": e["SAME_HEADERS"] == "yes",
-        "scenarios": [{"name": name, "description": desc} for name, desc in args.scenario],
+        "scenarios": [scenario_meta(name, desc, args.scenario_opt) for name, desc in args.scenario],
         "command": e["COMMAND_LINE"],
     })
     if meta["same_headers"]:
@@ -447,6 +465,49 @@ def closed_cpu(r):
     return (r.get("closed") or {}).get("proxy_cpu_us_per_req")
 
 
+def resumption_problems(where, tls, expect):
+    """A run whose handshakes did not resume as the scenario expects ("yes": at least 90 %
+    resumed; "no": none)."""
+    if not tls or not expect or not tls.get("handshakes"):
+        return []
+    share = tls["resumed"] / tls["handshakes"]
+    if expect == "yes" and share < 0.9:
+        return [f"{where}: only {share * 100:.1f}% of {tls['handshakes']} TLS handshakes resumed"]
+    if expect == "no" and tls["resumed"]:
+        return [f"{where}: {tls['resumed']} of {tls['handshakes']} TLS handshakes resumed, "
+                f"expected none"]
+    return []
+
+
+def tls_summary(name, runs, peers):
+    """One line on what the TLS runs negotiated (cflow-load's check connection) and the share
+    of closed-loop handshakes that resumed, per peer; a problem when peers negotiated
+    different parameters."""
+    params, resumed = {}, {}
+    for peer in peers:
+        for r in runs:
+            tls = (r.get("closed") or {}).get("tls") if r["peer"] == peer else None
+            if not tls:
+                continue
+            params.setdefault(peer, set()).add(f"{tls['version']} {tls['cipher']} {tls['group']}")
+            total = resumed.setdefault(peer, [0, 0])
+            total[0] += tls["resumed"]
+            total[1] += tls["handshakes"]
+    if not params:
+        return None, []
+    distinct = set().union(*params.values())
+    if len(distinct) == 1:
+        what = f"TLS: {distinct.pop()} for every peer"
+        problems = []
+    else:
+        what = "TLS: " + "; ".join(f"{p} {', '.join(sorted(v))}" for p, v in params.items())
+        problems = [f"{name}: the peers negotiated different TLS parameters ({what[5:]})"]
+    count = lambda t: f"{t / 1000:.1f}k" if t >= 10000 else str(t)
+    shares = ", ".join(f"{p} {100 * n / t:.1f} % of {count(t)}" if t else f"{p} no handshakes"
+                       for p, (n, t) in resumed.items())
+    return f"{what}. Handshakes resumed (closed loop, all runs): {shares}.", problems
+
+
 def report_markdown(data):
     meta = data["meta"]
     lines = []
@@ -485,8 +546,11 @@ def report_markdown(data):
         lines.append("")
         lines.append(scenario["description"])
         lines.append("")
-        lines.append("| peer | req/s | ×nginx req/s | CPU µs/req | ×nginx CPU | p50 | p99 "
-                     f"| open p99 @{meta['rate']}/s | open CPU µs/req | RSS MiB |")
+        rate = scenario.get("rate", meta["rate"])
+        unit = scenario.get("unit", "req")
+        per_s = "handshakes/s" if unit == "handshake" else "req/s"
+        lines.append(f"| peer | {per_s} | ×nginx {per_s} | CPU µs/{unit} | ×nginx CPU | p50 | p99 "
+                     f"| open p99 @{rate}/s | open CPU µs/{unit} | RSS MiB |")
         lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         peers = [p for p in meta["peers"] if any(r["peer"] == p for r in runs)]
         for peer in peers:
@@ -502,7 +566,7 @@ def report_markdown(data):
             opens = [r.get("open") for r in pr if r.get("open")]
             open_p99 = median_or_none([o.get("latency_us", {}).get("p99") for o in opens])
             open_cpu = [o.get("proxy_cpu_us_per_req") for o in opens]
-            open_short = [o for o in opens if o.get("rps") and o["rps"] < 0.95 * meta["rate"]]
+            open_short = [o for o in opens if o.get("rps") and o["rps"] < 0.95 * rate]
             rss = median_or_none([r.get("rss_kib") for r in pr])
             if peer == "nginx":
                 rr = cr = "1.00"
@@ -515,7 +579,7 @@ def report_markdown(data):
             if open_short:
                 open_cell += " †"
                 problems.append(f"{scenario['name']}/{peer}: open loop reached only "
-                                f"{min(o['rps'] for o in open_short):.0f} of {meta['rate']} req/s in "
+                                f"{min(o['rps'] for o in open_short):.0f} of {rate} req/s in "
                                 f"{len(open_short)} run(s) (†)")
             lines.append(
                 f"| {peer} | {fmt_range(rps)} | {rr} | {fmt_range(cpu, 2)} | {cr} "
@@ -536,7 +600,14 @@ def report_markdown(data):
                     if phase == "closed" and util >= 0.9:
                         problems.append(f"{where}: the load generator used {util * 100:.0f}% of its "
                                         f"CPU: the run may be load-generator bound")
+                    problems.extend(resumption_problems(where, m.get("tls"),
+                                                        scenario.get("expect_resumed")))
         lines.append("")
+        tls_line, tls_problems = tls_summary(scenario["name"], runs, peers)
+        if tls_line:
+            lines.append(tls_line)
+            lines.append("")
+        problems.extend(tls_problems)
     if problems:
         lines.append("## Problems seen")
         lines.append("")
@@ -621,6 +692,8 @@ def main():
     mt.add_argument("--root", required=True, help="the repository (for its git revision)")
     mt.add_argument("--cflow-load", help="cflow-load binary, when it was used")
     mt.add_argument("--scenario", nargs=2, action="append", default=[], metavar=("NAME", "DESC"))
+    mt.add_argument("--scenario-opt", nargs=2, action="append", default=[],
+                    metavar=("NAME", "KEY=VALUE"), help="rate=RPS, unit=handshake, expect_resumed=yes|no")
     lr = sub.add_parser("loadgen-record")
     lr.add_argument("prefix")
     lr.add_argument("tool", choices=["wrk", "cflow"])

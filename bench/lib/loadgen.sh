@@ -59,6 +59,8 @@ LUA
 
 # Sets LOADGEN_CMD (array) for one run.
 #   MODE: closed | open;  DURATION: e.g. 10s;  PLOT: svg path or "" (cflow-load only)
+# S_LOADGEN_ARGS are cflow-load arguments; bench/run skips scenarios that need them (or set
+# S_NEEDS_CFLOW_LOAD) when the load generator is wrk, so they never reach wrk.
 loadgen_cmd() { # MODE DURATION URL PLOT
     local mode=$1 duration=$2 url=$3 plot=${4:-} h
     local conns=${S_CONNECTIONS:-$CONNECTIONS}
@@ -77,7 +79,8 @@ loadgen_cmd() { # MODE DURATION URL PLOT
     [[ -n $S_HEADER_FILE ]] && LOADGEN_CMD+=(--header-file "$S_HEADER_FILE")
     [[ -n $S_BODY_FILE ]] && LOADGEN_CMD+=(--body-file "$S_BODY_FILE")
     [[ $S_TLS == yes ]] && LOADGEN_CMD+=(--ca "$ASSETS/tls/ca.pem")
-    [[ $mode == open ]] && LOADGEN_CMD+=(--rate "$RATE")
+    LOADGEN_CMD+=("${S_LOADGEN_ARGS[@]}")
+    [[ $mode == open ]] && LOADGEN_CMD+=(--rate "${S_RATE:-$RATE}")
     [[ -n $plot ]] && LOADGEN_CMD+=(--plot "$plot")
     LOADGEN_CMD+=("$url")
 }

@@ -181,9 +181,12 @@ config_nginx() { # DIR PORT
     local tls=""
     if [[ $S_TLS == yes ]]; then
         listen+=" ssl"
+        # Resumption as nginx is deployed: stateless tickets (the default, stated) and a session
+        # cache shared by the workers.
         tls="ssl_certificate $ASSETS/tls/cert.pem;
         ssl_certificate_key $ASSETS/tls/key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_tickets on;
         ssl_session_cache shared:SSL:10m;"
     fi
     cat >"$1/nginx.conf" <<EOF
@@ -227,6 +230,9 @@ EOF
 
 config_haproxy() { # DIR PORT
     local bind="bind 127.0.0.1:$2"
+    # TLS: haproxy's defaults for resumption — tickets on (no "no-tls-tickets"), ticket keys made
+    # at start-up and shared by the threads, and its shared session cache (tune.ssl.cachesize
+    # 20000 entries, tune.ssl.lifetime 300s).
     [[ $S_TLS == yes ]] && bind+=" ssl crt $ASSETS/tls/combined.pem ssl-min-ver TLSv1.2"
     cat >"$1/haproxy.cfg" <<EOF
 # haproxy peer for bench/run. No log lines: nothing is logged.

@@ -78,6 +78,11 @@ pub struct Cli {
     #[arg(long, value_name = "NAME")]
     pub sni: Option<String>,
 
+    /// Never resume TLS sessions: every new connection does a full handshake (by default
+    /// session tickets and IDs from earlier connections are reused)
+    #[arg(long)]
+    pub no_resume: bool,
+
     /// Print the result as one JSON object instead of the table
     #[arg(long)]
     pub json: bool,
@@ -114,6 +119,8 @@ pub struct Settings {
     pub ca: Option<PathBuf>,
     pub client_cert: Option<(PathBuf, PathBuf)>,
     pub sni: Option<String>,
+    /// Resume TLS sessions on new connections (off with --no-resume).
+    pub resume: bool,
     pub json: bool,
     pub hgrm: Option<PathBuf>,
     pub plot: Option<PathBuf>,
@@ -217,6 +224,7 @@ impl Settings {
             ca: cli.ca,
             client_cert: cli.cert.zip(cli.key),
             sni: cli.sni,
+            resume: !cli.no_resume,
             json: cli.json,
             hgrm: cli.hgrm,
             plot: cli.plot,
@@ -246,6 +254,7 @@ mod tests {
         assert_eq!(s.method, "GET");
         assert_eq!(s.timeout, Duration::from_secs(5));
         assert!(s.rate.is_none() && s.cpus.is_empty() && !s.json);
+        assert!(s.resume, "TLS session resumption is on by default");
     }
 
     #[test]
@@ -289,6 +298,7 @@ mod tests {
             "k.pem",
             "--sni",
             "name",
+            "--no-resume",
         ])
         .unwrap();
         assert_eq!((s.connections, s.threads), (8, 2));
@@ -299,6 +309,7 @@ mod tests {
         assert_eq!(s.headers, vec!["A: 1", "B: 2"]);
         assert_eq!(s.sni.as_deref(), Some("name"));
         assert!(s.client_cert.is_some() && s.json);
+        assert!(!s.resume);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! with the same facts.
 
 use crate::stats::{ErrorCounts, LatencySummary};
+use crate::tls::Negotiated;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -29,6 +30,23 @@ pub struct Report {
     pub target_rate: Option<f64>,
     /// User plus system CPU seconds of the generator during the measured window.
     pub loadgen_cpu_s: f64,
+    /// For https: what was negotiated and how many handshakes resumed; null for http.
+    pub tls: Option<TlsReport>,
+}
+
+/// The TLS part of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsReport {
+    /// Protocol version, cipher suite and key-exchange group of the check connection made
+    /// before the run (every connection uses the same configuration).
+    #[serde(flatten)]
+    pub negotiated: Negotiated,
+    /// Whether session resumption was on (off with `--no-resume`).
+    pub resumption: bool,
+    /// TLS handshakes completed inside the measured window.
+    pub handshakes: u64,
+    /// Of those, the ones that resumed an earlier session.
+    pub resumed: u64,
 }
 
 impl Report {
@@ -86,6 +104,25 @@ impl Report {
             human_bytes(self.bytes_read),
             human_bytes(self.bytes_written)
         );
+        if let Some(tls) = &self.tls {
+            let n = &tls.negotiated;
+            let resumed = if !tls.resumption {
+                "resumption off".to_string()
+            } else if tls.handshakes > 0 {
+                format!(
+                    "{} resumed ({:.1} %)",
+                    tls.resumed,
+                    100.0 * tls.resumed as f64 / tls.handshakes as f64
+                )
+            } else {
+                "0 resumed".to_string()
+            };
+            let _ = writeln!(
+                out,
+                "  tls          {} {} {}  handshakes {}, {resumed}",
+                n.version, n.cipher, n.group, tls.handshakes
+            );
+        }
         let per_cpu = if self.loadgen_cpu_s > 0.0 {
             format!(
                 "{:.0} requests per CPU-second",
@@ -149,6 +186,24 @@ mod tests {
             },
             target_rate: None,
             loadgen_cpu_s: 0.5,
+            tls: None,
+        }
+    }
+
+    fn tls_report() -> Report {
+        Report {
+            url: "https://127.0.0.1:1/".into(),
+            tls: Some(TlsReport {
+                negotiated: Negotiated {
+                    version: "TLSv1.3".into(),
+                    cipher: "TLS13_AES_256_GCM_SHA384".into(),
+                    group: "X25519".into(),
+                },
+                resumption: true,
+                handshakes: 8,
+                resumed: 6,
+            }),
+            ..report()
         }
     }
 
@@ -176,6 +231,7 @@ mod tests {
             "latency_us",
             "target_rate",
             "loadgen_cpu_s",
+            "tls",
         ] {
             assert!(keys.contains(&key), "missing {key}");
         }
@@ -184,6 +240,18 @@ mod tests {
         assert_eq!(value["errors"]["connect"], 0);
         assert_eq!(value["latency_us"]["p999"], 5);
         assert!(value["target_rate"].is_null());
+        assert!(value["tls"].is_null());
+
+        let value: serde_json::Value = serde_json::from_str(&tls_report().to_json()).unwrap();
+        let tls = &value["tls"];
+        assert_eq!(tls["version"], "TLSv1.3");
+        assert_eq!(tls["cipher"], "TLS13_AES_256_GCM_SHA384");
+        assert_eq!(tls["group"], "X25519");
+        assert_eq!(tls["resumption"], true);
+        assert_eq!(
+            (tls["handshakes"].as_u64(), tls["resumed"].as_u64()),
+            (Some(8), Some(6))
+        );
     }
 
     #[test]
@@ -201,5 +269,11 @@ mod tests {
         ] {
             assert!(table.contains(needle), "{needle} missing in\n{table}");
         }
+        assert!(!table.contains("tls "));
+        let table = tls_report().to_table();
+        assert!(
+            table.contains("tls          TLSv1.3 TLS13_AES_256_GCM_SHA384 X25519  handshakes 8, 6 resumed (75.0 %)"),
+            "{table}"
+        );
     }
 }

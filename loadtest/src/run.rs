@@ -4,12 +4,12 @@
 
 use crate::cli::Settings;
 use crate::error::Error;
-use crate::report::Report;
+use crate::report::{Report, TlsReport};
 use crate::request::{load_header_file, RequestSet};
 use crate::response::ResponseParser;
 use crate::stats::{LatencySummary, Stats};
 use crate::target::Scheme;
-use crate::tls;
+use crate::tls::{self, Negotiated};
 use crate::transport::Endpoint;
 use crate::worker::{run_worker, Plan, Schedule, WorkerSpec};
 use std::io::{Read, Write};
@@ -48,7 +48,8 @@ pub fn prepare(settings: &Settings) -> Result<Plan, Error> {
                 .client_cert
                 .as_ref()
                 .map(|(cert, key)| (cert.as_path(), key.as_path()));
-            let config = tls::client_config(ca, client)?;
+            let resumption = tls::resumption(settings.resume, settings.connections);
+            let config = tls::client_config(ca, client, resumption)?;
             let name = tls::server_name(settings.sni.as_deref().unwrap_or(&settings.target.host))?;
             Some((config, name))
         }
@@ -68,8 +69,8 @@ pub fn prepare(settings: &Settings) -> Result<Plan, Error> {
 /// Sends one request with blocking I/O before the run, so that an unreachable target, a TLS
 /// problem or a server that does not speak HTTP is reported as one error instead of a run
 /// full of errors. A slow answer is not an error: the run goes ahead after waiting at most
-/// a second (or the request timeout).
-pub fn check_target(plan: &Plan) -> Result<(), Error> {
+/// a second (or the request timeout). For https, returns what the handshake negotiated.
+pub fn check_target(plan: &Plan) -> Result<Option<Negotiated>, Error> {
     let addr = plan.endpoint.addr;
     let tcp = std::net::TcpStream::connect_timeout(&addr, plan.timeout.min(Duration::from_secs(5)))
         .map_err(|err| Error::Connect {
@@ -80,15 +81,17 @@ pub fn check_target(plan: &Plan) -> Result<(), Error> {
     let _ = tcp.set_read_timeout(wait);
     let _ = tcp.set_write_timeout(wait);
     let request = plan.requests.get(0);
-    let outcome = match &plan.endpoint.tls {
-        None => probe(tcp, request, plan.requests.head),
+    let (outcome, negotiated) = match &plan.endpoint.tls {
+        None => (probe(tcp, request, plan.requests.head), None),
         Some((config, name)) => {
             let stream = tls::handshake_blocking(tcp, config, name)
                 .map_err(|reason| Error::Handshake { addr, reason })?;
-            probe(stream, request, plan.requests.head)
+            let negotiated = Negotiated::of(&stream.conn);
+            (probe(stream, request, plan.requests.head), Some(negotiated))
         }
     };
-    outcome.map_err(|reason| Error::NoResponse { addr, reason })
+    outcome.map_err(|reason| Error::NoResponse { addr, reason })?;
+    Ok(negotiated)
 }
 
 /// Writes `request` and reads one response; Ok also when no answer came in time.
@@ -127,7 +130,7 @@ fn probe<S: Read + Write>(mut stream: S, request: &[u8], head: bool) -> Result<(
 /// Runs the load test described by `settings`.
 pub fn execute(settings: &Settings) -> Result<Outcome, Error> {
     let plan = Arc::new(prepare(settings)?);
-    check_target(&plan)?;
+    let negotiated = check_target(&plan)?;
     raise_nofile_limit();
 
     let start = Instant::now();
@@ -209,6 +212,12 @@ pub fn execute(settings: &Settings) -> Result<Outcome, Error> {
         latency_us: LatencySummary::of(&stats.histogram),
         target_rate: settings.rate,
         loadgen_cpu_s: ((cpu_after - cpu_before) * 1e6).round() / 1e6,
+        tls: negotiated.map(|negotiated| TlsReport {
+            negotiated,
+            resumption: settings.resume,
+            handshakes: stats.tls_handshakes,
+            resumed: stats.tls_resumed,
+        }),
     };
     Ok(Outcome { report, stats })
 }

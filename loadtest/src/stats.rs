@@ -56,6 +56,10 @@ pub struct Stats {
     /// Open loop: sends that left more than `worker::LATE_SEND` after their intended time
     /// although the connection was idle (the generator itself fell behind).
     pub late_sends: u64,
+    /// TLS handshakes completed inside the measured window ...
+    pub tls_handshakes: u64,
+    /// ... and how many of them resumed an earlier session.
+    pub tls_resumed: u64,
 }
 
 impl Default for Stats {
@@ -76,6 +80,8 @@ impl Stats {
             bytes_read: 0,
             bytes_written: 0,
             late_sends: 0,
+            tls_handshakes: 0,
+            tls_resumed: 0,
         }
     }
 
@@ -87,6 +93,12 @@ impl Stats {
         self.requests += 1;
         self.bytes_read += bytes_read;
         self.bytes_written += bytes_written;
+    }
+
+    /// Counts one completed TLS handshake.
+    pub fn handshake(&mut self, resumed: bool) {
+        self.tls_handshakes += 1;
+        self.tls_resumed += u64::from(resumed);
     }
 
     /// Counts one error.
@@ -114,6 +126,8 @@ impl Stats {
         self.bytes_read += other.bytes_read;
         self.bytes_written += other.bytes_written;
         self.late_sends += other.late_sends;
+        self.tls_handshakes += other.tls_handshakes;
+        self.tls_resumed += other.tls_resumed;
     }
 
     /// Response counts by status code, as strings, for the report.
@@ -215,7 +229,11 @@ mod tests {
         b.record(20, 503, 10, 5);
         b.record(30, 200, 10, 5);
         b.error(ErrorKind::Timeout);
+        a.handshake(false);
+        b.handshake(true);
+        b.handshake(true);
         a.merge(&b);
+        assert_eq!((a.tls_handshakes, a.tls_resumed), (3, 2));
         assert_eq!(a.requests, 3);
         assert_eq!((a.bytes_read, a.bytes_written), (120, 60));
         assert_eq!(a.histogram.len(), 3);

@@ -36,7 +36,8 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// Connects (and, for `https`, completes the TLS handshake).
+    /// Connects (and, for `https`, completes the TLS handshake with the endpoint's shared
+    /// configuration, so that it may resume a session an earlier connection got).
     pub async fn connect(endpoint: &Endpoint) -> Result<Transport, IoFail> {
         let tcp = TcpStream::connect(endpoint.addr).await?;
         tcp.set_nodelay(true)?;
@@ -45,6 +46,14 @@ impl Transport {
             Some((config, name)) => Ok(Transport::Tls(Box::new(
                 TlsStream::handshake(tcp, config.clone(), name.clone()).await?,
             ))),
+        }
+    }
+
+    /// For TLS: whether the handshake resumed an earlier session; None for plain TCP.
+    pub fn tls_resumed(&self) -> Option<bool> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(tls) => Some(tls.resumed()),
         }
     }
 

@@ -235,6 +235,11 @@ impl Conn {
         let attempt = Transport::connect(&ctx.plan.endpoint);
         match monoio::time::timeout_at(deadline.into(), attempt).await {
             Ok(Ok(transport)) => {
+                if let Some(resumed) = transport.tls_resumed() {
+                    if ctx.schedule.in_window(Instant::now()) {
+                        ctx.stats.borrow_mut().handshake(resumed);
+                    }
+                }
                 self.close();
                 self.transport = Some(transport);
                 self.answered = false;

@@ -522,6 +522,78 @@ fn https_and_mutual_tls() {
     );
 }
 
+#[test]
+fn tls_sessions_resume_unless_no_resume() {
+    let _guard = shared();
+    let ca = fixture("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let close_each = Rules {
+        close_each: true,
+        ..Rules::default()
+    };
+
+    // A new connection per request (the server closes each one): with the shared client
+    // configuration every connection after the first few resumes a session from a ticket.
+    let server = TestServer::start_tls(close_each.clone(), false);
+    let url = format!("https://127.0.0.1:{}/", server.addr.port());
+    let result = cflow_json(&["-c", "2", "-d", "500ms", "--warmup", "0s", "--ca", ca, &url]);
+    settle();
+    let requests = u(&result["requests"]);
+    assert!(requests > 50, "requests {requests}");
+    let tls = &result["tls"];
+    assert_eq!(tls["version"], "TLSv1.3", "{tls}");
+    assert_eq!(tls["resumption"], true);
+    let (handshakes, resumed) = (u(&tls["handshakes"]), u(&tls["resumed"]));
+    // One handshake per request; at the end each connection may have one without a response.
+    assert!(
+        (requests..=requests + 2).contains(&handshakes),
+        "{handshakes} handshakes for {requests} requests"
+    );
+    assert!(
+        resumed + 2 >= handshakes,
+        "{resumed} of {handshakes} resumed"
+    );
+    assert!(
+        server.tls_resumed() >= resumed,
+        "server saw {}",
+        server.tls_resumed()
+    );
+    let table = cflow(&["-c", "1", "-d", "200ms", "--warmup", "0s", "--ca", ca, &url]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("tls          TLSv1.3 "), "{table}");
+    assert!(table.contains(" resumed ("), "{table}");
+
+    // --no-resume: every connection does a full handshake, the check connection's too.
+    let server = TestServer::start_tls(close_each, false);
+    let url = format!("https://127.0.0.1:{}/", server.addr.port());
+    let result = cflow_json(&[
+        "-c",
+        "2",
+        "-d",
+        "500ms",
+        "--warmup",
+        "0s",
+        "--no-resume",
+        "--ca",
+        ca,
+        &url,
+    ]);
+    settle();
+    let requests = u(&result["requests"]);
+    assert!(requests > 50, "requests {requests}");
+    let tls = &result["tls"];
+    assert_eq!(tls["resumption"], false);
+    assert!(u(&tls["handshakes"]) >= requests, "{tls}");
+    assert_eq!(u(&tls["resumed"]), 0, "{tls}");
+    assert!(server.tls_handshakes() > requests);
+    assert_eq!(server.tls_resumed(), 0);
+
+    // Plain http has no TLS figures.
+    let plain = TestServer::start(Rules::default());
+    let result = cflow_json(&["-c", "1", "-d", "100ms", "--warmup", "0s", &plain.url("/")]);
+    assert!(result["tls"].is_null());
+}
+
 /// Runs with `args` and checks for exit status 1 and a single error line.
 fn fails_with_one_line(args: &[&str], expected: &str) {
     let output = cflow(args);

@@ -38,6 +38,10 @@ pub struct Seen {
     pub connections: AtomicU64,
     pub times: Mutex<Vec<Instant>>,
     pub header_values: Mutex<Vec<String>>,
+    /// TLS: completed handshakes (counted when the connection ends) ...
+    pub tls_handshakes: AtomicU64,
+    /// ... and the ones that resumed a session from a ticket.
+    pub tls_resumed: AtomicU64,
 }
 
 /// A running test server; its threads live until the test process ends.
@@ -74,7 +78,16 @@ impl TestServer {
                     None => serve(stream, &rules, &seen),
                     Some(config) => {
                         let conn = rustls::ServerConnection::new(config).unwrap();
-                        serve(rustls::StreamOwned::new(conn, stream), &rules, &seen);
+                        let mut tls = rustls::StreamOwned::new(conn, stream);
+                        serve(&mut tls, &rules, &seen);
+                        if let Some(kind) = tls.conn.handshake_kind() {
+                            if !tls.conn.is_handshaking() {
+                                seen.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+                                if kind == rustls::HandshakeKind::Resumed {
+                                    seen.tls_resumed.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
                     }
                 });
             }
@@ -92,6 +105,14 @@ impl TestServer {
 
     pub fn connections(&self) -> u64 {
         self.seen.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn tls_handshakes(&self) -> u64 {
+        self.seen.tls_handshakes.load(Ordering::Relaxed)
+    }
+
+    pub fn tls_resumed(&self) -> u64 {
+        self.seen.tls_resumed.load(Ordering::Relaxed)
     }
 }
 
@@ -220,7 +241,10 @@ fn tls_server_config(require_client_cert: bool) -> Arc<rustls::ServerConfig> {
     } else {
         builder.with_no_client_auth()
     };
-    Arc::new(builder.with_single_cert(certs, key).unwrap())
+    let mut config = builder.with_single_cert(certs, key).unwrap();
+    // Stateless session tickets, as the gateway issues them.
+    config.ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
+    Arc::new(config)
 }
 
 /// Runs `cflow-load` with `args`.
