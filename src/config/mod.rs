@@ -739,4 +739,36 @@ upstream = "app"
         let errs = errors("[gateway]\nworkers = = 2\n");
         assert!(errs[0].starts_with("test.toml:2:"), "{errs:?}");
     }
+
+    #[test]
+    fn tls_table_errors_name_their_line() {
+        let with_tls = |tls: &str| {
+            MINIMAL.replace(
+                "address = \"127.0.0.1:8080\"\n",
+                &format!("address = \"127.0.0.1:8080\"\n[listeners.tls]\n{tls}\n"),
+            )
+        };
+        let errs = errors(&with_tls("certificates = []\nclient_auth = \"sometimes\""));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("test.toml:7:"), "{errs:?}");
+        assert!(errs[0].contains("sometimes"), "{errs:?}");
+
+        let errs = errors(&with_tls("certificates = []\nmin_version = \"1.1\""));
+        assert!(errs[0].starts_with("test.toml:7:"), "{errs:?}");
+
+        let errs = errors(&with_tls("certificates = []"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("test.toml:6:"), "{errs:?}");
+        assert!(errs[0].contains("at least one"), "{errs:?}");
+
+        let errs = errors(&with_tls(
+            "certificates = [{ cert = \"missing.pem\", key = \"missing.key\" }]",
+        ));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("test.toml:6: listeners.tls: cannot read"),
+            "{errs:?}"
+        );
+        assert!(errs[0].contains("missing.pem"), "{errs:?}");
+    }
 }
