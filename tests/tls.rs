@@ -196,6 +196,10 @@ struct TlsSetup {
 
 impl TlsSetup {
     fn new() -> TlsSetup {
+        TlsSetup::with_upstream(Mode::Echo)
+    }
+
+    fn with_upstream(mode: Mode) -> TlsSetup {
         let ca = Ca::new("Test CA");
         let files = Files::new();
         let pair = files.pair("s", &ca.server(&["api.test"]));
@@ -203,7 +207,7 @@ impl TlsSetup {
             ca,
             files,
             pair,
-            upstream: TestUpstream::start(Mode::Echo),
+            upstream: TestUpstream::start(mode),
         }
     }
 
@@ -444,6 +448,68 @@ fn tls12_and_tls13_handshakes_and_min_version() {
     assert!(Client::try_connect_tls(port13, v12, "api.test").is_err());
     let mut c = tls_client(port13, &v13, "api.test");
     assert_eq!(c.get("/").status, 200);
+}
+
+#[test]
+fn pipelined_requests_and_large_bodies_stream_over_tls() {
+    const LEN: u64 = 24 * 1024 * 1024;
+    let setup = TlsSetup::new();
+    let (port, _gw) = setup.start("", "max_body_bytes = 0");
+    let config = setup.client_config(BOTH);
+
+    // Two pipelined requests in one TLS record, answered in order.
+    let mut c = tls_client(port, &config, "api.test");
+    c.send(
+        b"GET /one HTTP/1.1\r\nHost: api.test\r\n\r\nGET /two HTTP/1.1\r\nHost: api.test\r\n\r\n",
+    );
+    assert_eq!(c.read_response().header("x-echo-target"), Some("/one"));
+    assert_eq!(c.read_response().header("x-echo-target"), Some("/two"));
+
+    // An upload larger than any TLS or gateway buffer: every byte reaches the upstream.
+    c.send(
+        format!("POST /up HTTP/1.1\r\nHost: api.test\r\nContent-Length: {LEN}\r\n\r\n").as_bytes(),
+    );
+    let block = pattern_block(261);
+    let mut sent = 0u64;
+    while sent < LEN {
+        let n = (LEN - sent).min(block.len() as u64) as usize;
+        c.send(&block[..n]);
+        sent += n as u64;
+    }
+    let resp = c.read_response();
+    assert_eq!(resp.status, 200);
+    let seen = setup.upstream.last_request();
+    assert_eq!(seen.body_len, LEN);
+    let mut checker = PatternChecker::new();
+    checker.feed(&seen.body);
+    assert!(
+        checker.ok,
+        "the upload's recorded prefix differs from what was sent"
+    );
+
+    // A download of the same size, Content-Length and chunked, checked byte for byte.
+    for chunked in [false, true] {
+        let download = TlsSetup::with_upstream(Mode::Download { len: LEN, chunked });
+        let (port, _gw) = download.start("", "");
+        let mut c = tls_client(port, &download.client_config(BOTH), "api.test");
+        c.send(b"GET /down HTTP/1.1\r\nHost: api.test\r\n\r\n");
+        let head = c.read_head().expect("download head");
+        assert_eq!(head.status, 200);
+        let mut checker = PatternChecker::new();
+        let was_chunked = c
+            .read_body_with(&head, false, &mut |d| checker.feed(d))
+            .unwrap_or_else(|e| panic!("download failed: {e}"));
+        assert_eq!(was_chunked, chunked);
+        assert_eq!(checker.offset, LEN);
+        assert!(
+            checker.ok,
+            "downloaded bytes differ from what the upstream sent"
+        );
+        // The connection is still usable afterwards.
+        c.send(b"GET /down HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n");
+        let head = c.read_head().expect("second head");
+        assert_eq!(head.status, 200);
+    }
 }
 
 // ---------------------------------------------------------------------------
