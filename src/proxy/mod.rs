@@ -148,7 +148,6 @@ struct Connection<C> {
 /// Serves one accepted client connection until it closes (after the TLS handshake when the
 /// listener terminates TLS).
 pub async fn serve_connection(core: Rc<Core>, listener: usize, tcp: TcpStream, peer: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
     core.active_connections
         .set(core.active_connections.get() + 1);
     let generation = core.current();
@@ -164,22 +163,33 @@ pub async fn serve_connection(core: Rc<Core>, listener: usize, tcp: TcpStream, p
                 .run()
                 .await
         }
-        Some(tls) => {
-            let timeout = generation.handshake_timeouts[listener];
-            if let Some((stream, identity)) = accept::handshake(&core, tcp, tls, timeout).await {
-                let info = ClientInfo {
-                    tls: true,
-                    identity,
-                    ..info
-                };
-                let mut conn = Connection::new(core.clone(), generation, stream, info);
-                conn.run().await;
-                conn.client.finish().await;
-            }
-        }
+        // Boxed: the TLS connection's state is large, and the plain path's task should not
+        // carry (and copy) room for it.
+        Some(tls) => Box::pin(serve_tls(core.clone(), generation, tcp, tls, info)).await,
     }
     core.active_connections
         .set(core.active_connections.get() - 1);
+}
+
+/// The TLS part of [`serve_connection`]: handshake, then the request loop over the session.
+async fn serve_tls(
+    core: Rc<Core>,
+    generation: Rc<Generation>,
+    tcp: TcpStream,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    info: ClientInfo,
+) {
+    let timeout = generation.handshake_timeouts[info.listener];
+    if let Some((stream, identity)) = accept::handshake(&core, tcp, tls, timeout).await {
+        let info = ClientInfo {
+            tls: true,
+            identity,
+            ..info
+        };
+        let mut conn = Connection::new(core, generation, stream, info);
+        conn.run().await;
+        conn.client.finish().await;
+    }
 }
 
 impl<C: ByteStream> Connection<C> {
