@@ -151,7 +151,7 @@ fn reload(current: &Config, workers: &[Worker]) -> Option<Config> {
     let snapshot = Arc::new(Snapshot::compile(&config));
     let (ack, acks) = crossbeam_channel::unbounded();
     for worker in workers {
-        let _ = worker
+        worker
             .control
             .send(ControlMsg::Adopt(snapshot.clone(), ack.clone()));
     }

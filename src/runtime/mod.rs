@@ -3,11 +3,13 @@
 //! cannot be set up) with its own SO_REUSEPORT listeners. Also the process-level set-up the
 //! data plane needs: file-descriptor limit, signal mask, CPU discovery.
 
+pub mod channel;
 pub mod drain;
 
 use crate::proxy::{request_id::random_seed, serve_connection, Core};
 use crate::snapshot::Snapshot;
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use channel::{control_channel, ControlReceiver, ControlSender};
+use crossbeam_channel::Sender;
 use monoio::net::{ListenerOpts, TcpListener};
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use std::os::fd::{AsRawFd, RawFd};
@@ -17,8 +19,6 @@ use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How often a core looks at its control channel.
-const CONTROL_TICK: Duration = Duration::from_millis(20);
 
 /// Messages from the control side to one core.
 #[derive(Debug)]
@@ -48,7 +48,7 @@ pub enum StartError {
 /// A running worker thread and its control channel.
 pub struct Worker {
     pub thread: JoinHandle<()>,
-    pub control: Sender<ControlMsg>,
+    pub control: ControlSender,
 }
 
 /// The CPUs this process may run on (its affinity set).
@@ -179,7 +179,7 @@ pub fn start_workers(
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut workers = Vec::with_capacity(count);
     for id in 0..count {
-        let (control, control_rx) = crossbeam_channel::bounded(16);
+        let (control, control_rx) = control_channel().map_err(StartError::Spawn)?;
         let cpu = (pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let snapshot = snapshot.clone();
         let ready = ready_tx.clone();
@@ -209,7 +209,7 @@ pub fn start_workers(
 /// Tells every worker to drain and waits for all of them to finish.
 pub fn stop_workers(workers: Vec<Worker>) {
     for worker in &workers {
-        let _ = worker.control.send(ControlMsg::Drain);
+        worker.control.send(ControlMsg::Drain);
     }
     for worker in workers {
         let _ = worker.thread.join();
@@ -223,7 +223,7 @@ fn worker_thread(
     cpu: Option<usize>,
     snapshot: Arc<Snapshot>,
     seed: u64,
-    control: Receiver<ControlMsg>,
+    control: ControlReceiver,
     ready: Ready,
 ) {
     if let Some(cpu) = cpu {
@@ -287,7 +287,14 @@ fn ring_setup(flags: RingFlags) -> io_uring::Builder {
     builder
 }
 
-async fn worker_main(core: Rc<Core>, control: Receiver<ControlMsg>, ready: Ready) {
+async fn worker_main(core: Rc<Core>, control: ControlReceiver, ready: Ready) {
+    let mut control = match control.into_stream() {
+        Ok(control) => control,
+        Err(err) => {
+            let _ = ready.send(Err(StartError::Spawn(err)));
+            return;
+        }
+    };
     let mut listeners = Vec::new();
     for (index, listener) in core.current().snapshot.listeners.iter().enumerate() {
         let options = ListenerOpts::new()
@@ -314,15 +321,13 @@ async fn worker_main(core: Rc<Core>, control: Receiver<ControlMsg>, ready: Ready
     for (index, listener) in listeners {
         monoio::spawn(accept_loop(core.clone(), index, listener));
     }
-    loop {
-        monoio::time::sleep(CONTROL_TICK).await;
-        match control.try_recv() {
-            Ok(ControlMsg::Drain) | Err(TryRecvError::Disconnected) => break,
-            Ok(ControlMsg::Adopt(snapshot, ack)) => {
+    while let Some(message) = control.next().await {
+        match message {
+            ControlMsg::Drain => break,
+            ControlMsg::Adopt(snapshot, ack) => {
                 core.adopt(snapshot);
                 let _ = ack.send(core.id);
             }
-            Err(TryRecvError::Empty) => {}
         }
     }
     // Stop listening before anything else: a pending io_uring accept keeps a listening socket

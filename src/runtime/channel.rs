@@ -1,0 +1,96 @@
+//! The control side → core channel: a bounded crossbeam channel for the messages plus a wake-up
+//! socket the core's reactor awaits (one byte per message on a socketpair, read through the
+//! reactor like any other socket). A core reacts to a message at once and sleeps while there is
+//! none; no timer polls the channel.
+
+use super::ControlMsg;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use monoio::io::AsyncReadRent;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+
+/// Messages a core may have queued; the control side waits (reload acks) rather than queueing.
+const CAPACITY: usize = 16;
+
+/// The control thread's end.
+pub struct ControlSender {
+    messages: Sender<ControlMsg>,
+    wake: UnixStream,
+}
+
+/// A core's end, before its reactor runs.
+pub struct ControlReceiver {
+    messages: Receiver<ControlMsg>,
+    wake: UnixStream,
+}
+
+/// A connected pair of ends.
+pub fn control_channel() -> std::io::Result<(ControlSender, ControlReceiver)> {
+    let (messages, receiver) = crossbeam_channel::bounded(CAPACITY);
+    let (wake_tx, wake_rx) = UnixStream::pair()?;
+    wake_tx.set_nonblocking(true)?;
+    wake_rx.set_nonblocking(true)?;
+    Ok((
+        ControlSender {
+            messages,
+            wake: wake_tx,
+        },
+        ControlReceiver {
+            messages: receiver,
+            wake: wake_rx,
+        },
+    ))
+}
+
+impl ControlSender {
+    /// Queues `message` and wakes the core. False when the core is gone.
+    pub fn send(&self, message: ControlMsg) -> bool {
+        if self.messages.send(message).is_err() {
+            return false;
+        }
+        // A full socket buffer means wake-ups are already pending: nothing to add.
+        let _ = (&self.wake).write(&[1]);
+        true
+    }
+}
+
+impl ControlReceiver {
+    /// Runs on the core's reactor: yields each message as it arrives. Ends (returns `None`)
+    /// when the control side is gone, which the core treats like a drain.
+    pub fn into_stream(self) -> std::io::Result<ControlStream> {
+        Ok(ControlStream {
+            messages: self.messages,
+            wake: monoio::net::UnixStream::from_std(self.wake)?,
+            buf: Some(vec![0u8; 64]),
+        })
+    }
+}
+
+/// A core's end inside its reactor.
+pub struct ControlStream {
+    messages: Receiver<ControlMsg>,
+    wake: monoio::net::UnixStream,
+    buf: Option<Vec<u8>>,
+}
+
+impl ControlStream {
+    /// The next message; `None` when the control side is gone.
+    pub async fn next(&mut self) -> Option<ControlMsg> {
+        loop {
+            match self.messages.try_recv() {
+                Ok(message) => return Some(message),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            let buf = self.buf.take().unwrap_or_else(|| vec![0u8; 64]);
+            let (result, buf) = self.wake.read(buf).await;
+            self.buf = Some(buf);
+            match result {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}
