@@ -18,11 +18,17 @@ use super::request_id::RequestIds;
 pub struct Generation {
     pub snapshot: Arc<Snapshot>,
     pub pools: RefCell<UpstreamPools>,
-    /// This core's own copy of each listener's TLS server config (`None`: plain listener), so
-    /// per-connection reference counting stays on the core.
-    pub server_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
-    /// The listener's handshake timeout, indexed like `server_tls`.
-    pub handshake_timeouts: Vec<std::time::Duration>,
+    /// Per listener (`None`: plain), what its TLS handshakes need on this core.
+    pub server_tls: Vec<Option<CoreTls>>,
+}
+
+/// A TLS listener's settings as one core uses them.
+#[derive(Clone)]
+pub struct CoreTls {
+    /// This core's own copy of the rustls config, so per-connection reference counting stays
+    /// on the core.
+    pub config: Arc<rustls::ServerConfig>,
+    pub handshake_timeout: std::time::Duration,
 }
 
 impl Generation {
@@ -30,22 +36,17 @@ impl Generation {
         let server_tls = snapshot
             .listeners
             .iter()
-            .map(|l| l.tls.as_ref().map(|tls| Arc::new((*tls.config).clone())))
-            .collect();
-        let handshake_timeouts = snapshot
-            .listeners
-            .iter()
             .map(|l| {
-                l.tls
-                    .as_ref()
-                    .map_or(Default::default(), |t| t.handshake_timeout)
+                l.tls.as_ref().map(|tls| CoreTls {
+                    config: Arc::new((*tls.config).clone()),
+                    handshake_timeout: tls.handshake_timeout,
+                })
             })
             .collect();
         Generation {
             snapshot,
             pools: RefCell::new(pools),
             server_tls,
-            handshake_timeouts,
         }
     }
 }

@@ -9,7 +9,7 @@ pub mod core;
 pub mod io;
 pub mod request_id;
 
-pub use self::core::{Core, Generation};
+pub use self::core::{Core, CoreTls, Generation};
 
 use crate::config::MAX_HEADERS_CEILING;
 use crate::http::chunked::ChunkedScanner;
@@ -176,11 +176,11 @@ async fn serve_tls(
     core: Rc<Core>,
     generation: Rc<Generation>,
     tcp: TcpStream,
-    tls: std::sync::Arc<rustls::ServerConfig>,
+    tls: CoreTls,
     info: ClientInfo,
 ) {
-    let timeout = generation.handshake_timeouts[info.listener];
-    if let Some((stream, identity)) = accept::handshake(&core, tcp, tls, timeout).await {
+    let handshake = accept::handshake(&core, tcp, tls.config, tls.handshake_timeout);
+    if let Some((stream, identity)) = handshake.await {
         let info = ClientInfo {
             tls: true,
             identity,

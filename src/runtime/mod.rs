@@ -19,7 +19,6 @@ use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-
 /// Messages from the control side to one core.
 #[derive(Debug)]
 pub enum ControlMsg {
