@@ -213,15 +213,14 @@ impl TlsSetup {
 
     /// Starts a gateway; returns its port and the handle.
     fn start(&self, tls_extra: &str, route_extra: &str) -> (u16, Gateway) {
+        self.start_with_log(tls_extra, route_extra, "warn")
+    }
+
+    fn start_with_log(&self, tls_extra: &str, route_extra: &str, level: &str) -> (u16, Gateway) {
         let port = free_port();
         let tls = format!("certificates = [{}]\n{tls_extra}", self.pair);
-        let gw = Gateway::start(&tls_gateway_config(
-            port,
-            self.upstream.port,
-            &tls,
-            route_extra,
-        ));
-        (port, gw)
+        let config = tls_gateway_config(port, self.upstream.port, &tls, route_extra);
+        (port, Gateway::start_with_log(&config, level))
     }
 
     fn client_config(
@@ -832,7 +831,7 @@ fn check_rejects_expired_mismatched_and_missing_tls_files() {
 fn garbage_plain_http_and_slow_handshakes_close_only_their_connection() {
     let setup = TlsSetup::new();
     let upstream = &setup.upstream;
-    let (port, gw) = setup.start("handshake_timeout = \"500ms\"", "");
+    let (port, mut gw) = setup.start_with_log("handshake_timeout = \"500ms\"", "", "info");
     let config = setup.client_config(BOTH);
     let mut established = tls_client(port, &config, "api.test");
     assert_eq!(established.get("/").status, 200);
@@ -868,7 +867,35 @@ fn garbage_plain_http_and_slow_handshakes_close_only_their_connection() {
     assert_eq!(established.get("/still").status, 200);
     let mut fresh = tls_client(port, &config, "api.test");
     assert_eq!(fresh.get("/fresh").status, 200);
-    drop(gw);
+    drop((established, fresh));
+
+    // Every failure was counted: the cores report their totals when they stop.
+    gw.signal("TERM");
+    assert!(
+        gw.wait_exit(Duration::from_secs(10)).is_some(),
+        "gateway did not stop"
+    );
+    let output = gw.output();
+    let total = |key: &str| -> u64 {
+        output
+            .lines()
+            .filter(|line| line.contains("TLS totals"))
+            .filter_map(|line| {
+                let value = line.split(&format!("{key}=")).nth(1)?;
+                value.split_whitespace().next()?.parse::<u64>().ok()
+            })
+            .sum()
+    };
+    // Garbage, junk, plain HTTP, silence, half a hello; the readiness probe of the harness
+    // is one more failed handshake per listener check.
+    assert!(
+        total("failed") >= 5,
+        "failed handshakes not counted:\n{output}"
+    );
+    assert!(
+        total("handshakes") >= 2,
+        "handshakes not counted:\n{output}"
+    );
 }
 
 #[test]

@@ -295,6 +295,11 @@ impl Gateway {
     /// Starts the gateway and waits (up to 10 s) until every listener port
     /// accepts connections. Panics with the gateway's output otherwise.
     pub fn start(config_toml: &str) -> Gateway {
+        Gateway::start_with_log(config_toml, "warn")
+    }
+
+    /// Like [`Gateway::start`], logging at `level` (unless `CREDENTIALFLOW_LOG` is set).
+    pub fn start_with_log(config_toml: &str, level: &str) -> Gateway {
         let ports = listener_ports(config_toml);
         assert!(!ports.is_empty(), "config has no [[listeners]] address");
         let config = TempFile::new(config_toml, "toml");
@@ -309,7 +314,7 @@ impl Gateway {
             .stdout(Stdio::from(log2))
             .stderr(Stdio::from(log));
         if std::env::var_os("CREDENTIALFLOW_LOG").is_none() {
-            cmd.env("CREDENTIALFLOW_LOG", "warn");
+            cmd.env("CREDENTIALFLOW_LOG", level);
         }
         let child = cmd.spawn().expect("spawn credentialflow");
         let mut gw = Gateway {
