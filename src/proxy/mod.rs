@@ -24,6 +24,7 @@ use crate::tls::certificate::ClientIdentity;
 use io::{linger_close, ByteStream, IoFail, UpstreamStream};
 use monoio::net::TcpStream;
 use request_id::RequestId;
+use std::cell::OnceCell;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -128,6 +129,22 @@ struct ClientInfo {
     tls: bool,
     /// The verified client certificate (mTLS), for the authentication phase.
     identity: Option<Rc<ClientIdentity>>,
+    /// The identity as upstream request fields, formatted on first use and then reused for
+    /// every request of the connection.
+    identity_fields: OnceCell<Vec<u8>>,
+}
+
+impl ClientInfo {
+    /// The `X-Client-Cert-*` field lines for the verified client certificate (empty without
+    /// one).
+    fn identity_fields(&self) -> &[u8] {
+        match &self.identity {
+            None => &[],
+            Some(identity) => self
+                .identity_fields
+                .get_or_init(|| client_cert_fields(identity)),
+        }
+    }
 }
 
 /// One client connection over a plain or TLS stream.
@@ -156,6 +173,7 @@ pub async fn serve_connection(core: Rc<Core>, listener: usize, tcp: TcpStream, p
         peer_ip: IpText::new(peer.ip()),
         tls: false,
         identity: None,
+        identity_fields: OnceCell::new(),
     };
     match generation.server_tls[listener].clone() {
         None => {
@@ -871,9 +889,7 @@ fn prepare(
         b"X-Forwarded-Proto: http\r\n"
     });
     if route.client_cert_headers {
-        if let Some(identity) = &client.identity {
-            push_client_cert_headers(out, identity);
-        }
+        out.extend_from_slice(client.identity_fields());
     }
     if !req.host.is_empty() {
         push_header(out, b"X-Forwarded-Host", req.host);
@@ -915,18 +931,19 @@ fn is_replaced_request_header(name: &[u8]) -> bool {
             && name[..CLIENT_CERT_PREFIX.len()].eq_ignore_ascii_case(CLIENT_CERT_PREFIX))
 }
 
-/// The verified client certificate's identity as request fields. Values are percent-encoded
-/// outside visible ASCII (and `%`, `,` inside SAN entries), so a certificate cannot inject
-/// fields.
-fn push_client_cert_headers(out: &mut Vec<u8>, identity: &ClientIdentity) {
+/// The verified client certificate's identity as request field lines. Values are
+/// percent-encoded outside visible ASCII (and `%`, `,` inside SAN entries), so a certificate
+/// cannot inject fields.
+fn client_cert_fields(identity: &ClientIdentity) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
     push_header(
-        out,
+        &mut out,
         b"X-Client-Cert-Fingerprint",
         identity.fingerprint_sha256.as_bytes(),
     );
     if let Some(cn) = &identity.subject_cn {
         out.extend_from_slice(b"X-Client-Cert-Subject-CN: ");
-        push_escaped(out, cn.as_bytes(), b"%");
+        push_escaped(&mut out, cn.as_bytes(), b"%");
         out.extend_from_slice(b"\r\n");
     }
     if !identity.sans.is_empty() {
@@ -935,10 +952,11 @@ fn push_client_cert_headers(out: &mut Vec<u8>, identity: &ClientIdentity) {
             if i > 0 {
                 out.extend_from_slice(b", ");
             }
-            push_escaped(out, san.as_bytes(), b"%,");
+            push_escaped(&mut out, san.as_bytes(), b"%,");
         }
         out.extend_from_slice(b"\r\n");
     }
+    out
 }
 
 /// Appends `value` with bytes outside visible ASCII and those in `also` percent-encoded.
