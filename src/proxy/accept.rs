@@ -3,7 +3,7 @@
 //! answered with a plain 400, and failures counted per core without touching other
 //! connections.
 
-use super::core::{Core, CoreCounters};
+use super::core::Core;
 use super::io::{linger_close, tcp_write, ByteStream, IoFail, UpstreamStream};
 use crate::http::problem::write_problem;
 use crate::snapshot::Upstream;
@@ -29,7 +29,7 @@ pub async fn handshake(
     let mut tls = match TlsStream::server(tcp, config) {
         Ok(tls) => tls,
         Err(err) => {
-            CoreCounters::bump(&counters.tls_failures);
+            counters.tls_failures.bump();
             tracing::warn!(core = core.id, error = %err, "cannot start a TLS session");
             return None;
         }
@@ -42,13 +42,13 @@ pub async fn handshake(
     match result {
         Ok(()) => {}
         Err(IoFail::NotTls { http: true }) => {
-            CoreCounters::bump(&counters.tls_failures);
+            counters.tls_failures.bump();
             tracing::debug!(core = core.id, "plain HTTP request on a TLS listener");
             refuse_plain_http(tls.tcp()).await;
             return None;
         }
         Err(err) => {
-            CoreCounters::bump(&counters.tls_failures);
+            counters.tls_failures.bump();
             tracing::debug!(core = core.id, error = %err, "TLS handshake failed");
             return None;
         }
@@ -58,15 +58,15 @@ pub async fn handshake(
         Some(cert) => match ClientIdentity::from_der(cert) {
             Ok(identity) => Some(Rc::new(identity)),
             Err(err) => {
-                CoreCounters::bump(&counters.tls_failures);
+                counters.tls_failures.bump();
                 tracing::warn!(core = core.id, error = %err, "unreadable client certificate");
                 return None;
             }
         },
     };
-    CoreCounters::bump(&counters.tls_handshakes);
+    counters.tls_handshakes.bump();
     if tls.session().handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-        CoreCounters::bump(&counters.tls_resumed);
+        counters.tls_resumed.bump();
     }
     Some((tls, identity))
 }

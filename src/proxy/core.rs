@@ -51,18 +51,26 @@ impl Generation {
     }
 }
 
+/// A core-local event count.
+#[derive(Default)]
+pub struct Counter(Cell<u64>);
+
+impl Counter {
+    pub fn bump(&self) {
+        self.0.set(self.0.get() + 1);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
 /// Counters of one core (read when the core stops).
 #[derive(Default)]
 pub struct CoreCounters {
-    pub tls_handshakes: Cell<u64>,
-    pub tls_resumed: Cell<u64>,
-    pub tls_failures: Cell<u64>,
-}
-
-impl CoreCounters {
-    pub fn bump(counter: &Cell<u64>) {
-        counter.set(counter.get() + 1);
-    }
+    pub tls_handshakes: Counter,
+    pub tls_resumed: Counter,
+    pub tls_failures: Counter,
 }
 
 /// Per-core state shared by all connections of one core.
@@ -96,6 +104,8 @@ impl Core {
     /// Makes `snapshot` current, carrying over the pools of unchanged upstreams.
     pub fn adopt(&self, snapshot: Arc<Snapshot>) {
         let old = self.current();
+        // Requests still in flight on the old generation index its pools, so it keeps pools of
+        // the same shape (empty) while its idle connections move on.
         let old_pools = std::mem::replace(
             &mut *old.pools.borrow_mut(),
             UpstreamPools::new(&old.snapshot.upstreams),

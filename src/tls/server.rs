@@ -44,15 +44,6 @@ impl ServerTls {
             let key_path = config_path(base, entry.key.get_ref());
             let chain = pem::certificates(&cert_path).map_err(|e| LoadError::at(&entry.cert, e))?;
             let key = pem::private_key(&key_path).map_err(|e| LoadError::at(&entry.key, e))?;
-            let facts = CertificateFacts::parse(&chain[0]).map_err(|message| {
-                LoadError::at(
-                    &entry.cert,
-                    TlsError::Certificate {
-                        path: cert_path.display().to_string(),
-                        message,
-                    },
-                )
-            })?;
             let cert_error = |message: String| {
                 LoadError::at(
                     &entry.cert,
@@ -62,6 +53,7 @@ impl ServerTls {
                     },
                 )
             };
+            let facts = CertificateFacts::parse(&chain[0]).map_err(cert_error)?;
             if facts.not_after < now {
                 return Err(cert_error(format!(
                     "certificate expired ({} seconds ago)",
