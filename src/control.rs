@@ -1,6 +1,7 @@
 //! The process lifecycle on the control side: load and validate the config, start the cores,
 //! wait for signals, and drain on SIGTERM/SIGINT (a second signal exits at once).
 
+use crate::auth::service::AuthService;
 use crate::config::{Config, ConfigError};
 use crate::observe::init_logging;
 use crate::runtime::{
@@ -71,15 +72,29 @@ pub fn serve(mut config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
         }
     }
     let snapshot = Arc::new(Snapshot::compile(&config));
+    let auth = AuthService::start(&config);
     let cpus = allowed_cpus();
     let worker_count = config.worker_count(cpus.len());
-    let workers = match start_workers(snapshot.clone(), worker_count, config.gateway.pin) {
+    let started = start_workers(
+        snapshot.clone(),
+        (auth.state(), auth.links()),
+        worker_count,
+        config.gateway.pin,
+    );
+    let workers = match started {
         Ok(workers) => workers,
         Err(err) => {
             tracing::error!(error = %err, "cannot start");
             return 1;
         }
     };
+    auth.attach(
+        workers
+            .iter()
+            .filter_map(|w| w.control.try_clone().ok())
+            .collect(),
+    );
+    log_credentials(&config);
     for listener in &snapshot.listeners {
         tracing::info!(listener = %listener.name, address = %listener.address, tls = listener.tls.is_some(), "listening");
     }
@@ -97,7 +112,7 @@ pub fn serve(mut config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
             continue;
         };
         if signal == libc::SIGHUP {
-            if let Some(reloaded) = reload(&config, &workers) {
+            if let Some(reloaded) = reload(&config, &workers, &auth) {
                 config = reloaded;
             }
             continue;
@@ -125,7 +140,7 @@ const RELOAD_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5
 /// addresses, hands the new snapshot to every core. Connections stay open; each serves its next
 /// request (and a new TLS handshake uses the new certificates) from the new snapshot. Returns
 /// the new config when it was applied.
-fn reload(current: &Config, workers: &[Worker]) -> Option<Config> {
+fn reload(current: &Config, workers: &[Worker], auth: &AuthService) -> Option<Config> {
     let path = &current.source_path;
     tracing::info!(config = %path.display(), "SIGHUP: reloading configuration");
     let config = match Config::load(path) {
@@ -149,20 +164,24 @@ fn reload(current: &Config, workers: &[Worker]) -> Option<Config> {
         tracing::warn!("[gateway] and [logging] changes take effect on restart only");
     }
     let snapshot = Arc::new(Snapshot::compile(&config));
-    let (ack, acks) = crossbeam_channel::unbounded();
-    for worker in workers {
-        worker
-            .control
-            .send(ControlMsg::Adopt(snapshot.clone(), ack.clone()));
-    }
-    let deadline = std::time::Instant::now() + RELOAD_ACK_TIMEOUT;
     let mut applied = 0;
-    while applied < workers.len() {
-        match acks.recv_deadline(deadline) {
-            Ok(_) => applied += 1,
-            Err(_) => break,
+    auth.reload(&config, |auth_state| {
+        let (ack, acks) = crossbeam_channel::unbounded();
+        for worker in workers {
+            worker.control.send(ControlMsg::Adopt(
+                snapshot.clone(),
+                auth_state.clone(),
+                ack.clone(),
+            ));
         }
-    }
+        let deadline = std::time::Instant::now() + RELOAD_ACK_TIMEOUT;
+        while applied < workers.len() {
+            match acks.recv_deadline(deadline) {
+                Ok(_) => applied += 1,
+                Err(_) => break,
+            }
+        }
+    });
     if applied < workers.len() {
         tracing::warn!(
             applied,
@@ -173,7 +192,22 @@ fn reload(current: &Config, workers: &[Worker]) -> Option<Config> {
         tracing::info!(cores = applied, "configuration reloaded");
     }
     log_certificates(&snapshot);
+    log_credentials(&config);
     Some(config)
+}
+
+/// Logs how many consumers and credentials the config holds (never the credentials).
+fn log_credentials(config: &Config) {
+    let (consumers, api_keys, others) = config.resolved.credentials.counts();
+    if consumers + api_keys + others + config.issuers.len() > 0 {
+        tracing::info!(
+            consumers,
+            api_keys,
+            other_credentials = others,
+            issuers = config.issuers.len(),
+            "credentials loaded"
+        );
+    }
 }
 
 /// Logs each TLS listener's certificates with their names and remaining validity.

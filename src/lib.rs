@@ -6,6 +6,7 @@
 //! pools and health, [`runtime`] the worker threads, [`control`] the process lifecycle,
 //! [`demo`] the built-in demo upstream, [`observe`] logging.
 
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod demo;

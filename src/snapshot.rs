@@ -2,7 +2,9 @@
 //! routers, routes, upstreams with resolved target addresses, and limits. Built on the control
 //! side, shared read-only (`Arc`) by every core, replaced whole on change.
 
-use crate::config::{Balance, Config};
+use crate::auth::keys::{Algorithm, AlgorithmSet};
+use crate::auth::{AuthConfig, Issuer, RouteAuth};
+use crate::config::{parse_method, AuthMethodName, Balance, Config};
 use crate::router::{RouteKey, Router};
 use crate::tls::client::UpstreamTls;
 use crate::tls::server::ServerTls;
@@ -44,6 +46,8 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// Forward the verified client certificate's identity as headers.
     pub client_cert_headers: bool,
+    /// What the route requires; `None` is a public route.
+    pub auth: Option<RouteAuth>,
 }
 
 /// A group of targets and how to use them.
@@ -70,6 +74,9 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     pub upstreams: Vec<Upstream>,
     pub drain_timeout: Duration,
+    pub auth: AuthConfig,
+    /// Per API (file order): entries of its per-core verified-credential cache.
+    pub token_cache_entries: Vec<usize>,
 }
 
 impl Snapshot {
@@ -93,10 +100,40 @@ impl Snapshot {
                 tls: tls.clone(),
             })
             .collect();
+        let auth = compile_auth(config);
         let mut routes = Vec::new();
         let mut route_listeners: Vec<Vec<String>> = Vec::new();
-        for api in &config.apis {
+        for (api_index, api) in config.apis.iter().enumerate() {
             for r in &api.routes {
+                let methods = r.auth.as_ref().or(api.auth.as_ref());
+                let route_auth = methods.filter(|m| !m.is_empty()).map(|methods| {
+                    let mut route_auth = RouteAuth {
+                        api_key: false,
+                        basic: false,
+                        mtls: false,
+                        jwt_issuers: Box::new([]),
+                        api_key_query: r.api_key_query.as_deref().map(Into::into),
+                        forward_credential: r.forward_credential,
+                        cache: api_index,
+                        challenge_missing: Box::new([]),
+                        challenge_invalid: Box::new([]),
+                    };
+                    let mut issuers = Vec::new();
+                    for method in methods {
+                        match parse_method(method.get_ref()) {
+                            Ok(AuthMethodName::ApiKey) => route_auth.api_key = true,
+                            Ok(AuthMethodName::Basic) => route_auth.basic = true,
+                            Ok(AuthMethodName::Mtls) => route_auth.mtls = true,
+                            Ok(AuthMethodName::Jwt(name)) => {
+                                issuers.extend(auth.issuers.iter().position(|i| *i.name == *name))
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                    route_auth.jwt_issuers = issuers.into();
+                    route_auth.challenges(&config.auth.realm);
+                    route_auth
+                });
                 let upstream = upstreams
                     .iter()
                     .position(|u| &u.name == r.upstream.get_ref())
@@ -113,6 +150,7 @@ impl Snapshot {
                     strip_prefix: r.strip_prefix,
                     max_body_bytes: r.max_body_bytes.unwrap_or(config.limits.max_body_bytes),
                     client_cert_headers: r.client_cert_headers,
+                    auth: route_auth,
                 });
                 route_listeners.push(r.listeners.iter().map(|l| l.get_ref().clone()).collect());
             }
@@ -150,6 +188,67 @@ impl Snapshot {
             routes,
             upstreams,
             drain_timeout: config.gateway.drain_timeout.0,
+            auth,
+            token_cache_entries: config.apis.iter().map(|a| a.token_cache.entries).collect(),
         }
+    }
+}
+
+/// `[auth]` and `[[issuers]]` as the cores use them.
+fn compile_auth(config: &Config) -> AuthConfig {
+    let issuers: Vec<Issuer> = config
+        .issuers
+        .iter()
+        .map(|i| Issuer {
+            name: i.name.get_ref().as_str().into(),
+            issuer: i.issuer.get_ref().as_str().into(),
+            audiences: i.audiences.iter().map(|a| a.as_str().into()).collect(),
+            algorithms: match &i.algorithms {
+                None => AlgorithmSet::ANY,
+                Some(list) => AlgorithmSet::of(
+                    &list
+                        .iter()
+                        .filter_map(|a| Algorithm::from_name(a.get_ref().as_bytes()))
+                        .collect::<Vec<_>>(),
+                ),
+            },
+            leeway: i.leeway.0.as_secs() as i64,
+            consumer_claim: i.consumer_claim.as_str().into(),
+            required_claims: i
+                .required_claims
+                .iter()
+                .map(|c| c.as_str().into())
+                .collect(),
+            claim_headers: i
+                .claim_headers
+                .iter()
+                .map(|(claim, header)| (claim.as_str().into(), header.get_ref().as_str().into()))
+                .collect(),
+            require_consumer: i.require_consumer,
+            remote: i.jwks_url.is_some(),
+            refetch_cooldown: i.jwks_refetch_cooldown.0,
+        })
+        .collect();
+    let mut identity_fields: Vec<Box<[u8]>> = vec![
+        b"x-consumer-id".to_vec().into(),
+        b"x-credential-id".to_vec().into(),
+    ];
+    for issuer in &issuers {
+        for (_, header) in issuer.claim_headers.iter() {
+            let lower: Box<[u8]> = header.to_ascii_lowercase().into_bytes().into();
+            if !identity_fields.contains(&lower) {
+                identity_fields.push(lower);
+            }
+        }
+    }
+    let a = &config.auth;
+    AuthConfig {
+        api_key_header: a.api_key_header.to_ascii_lowercase().into_bytes().into(),
+        max_token_bytes: a.max_token_bytes,
+        basic_cache_ttl: a.basic_cache_ttl.0.as_secs() as i64,
+        issuers,
+        pepper: config.resolved.pepper.clone(),
+        identity_fields,
+        jwks_wait: a.jwks_wait.0,
     }
 }

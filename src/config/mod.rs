@@ -3,7 +3,13 @@
 //!
 //! The file is read on the control side only; cores see the compiled [`crate::snapshot::Snapshot`].
 
+mod auth;
 mod duration;
+
+pub use auth::{
+    parse_method, parse_rfc3339, AuthMethodName, AuthSection, ConsumerSection, CredentialSection,
+    IssuerSection, TokenCacheSection, PEPPER_ENV,
+};
 
 pub use duration::{parse_duration, ConfigDuration};
 
@@ -270,6 +276,11 @@ fn default_fail_timeout() -> ConfigDuration {
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
     pub name: Spanned<String>,
+    /// Accepted credentials, any-of (`api_key`, `basic`, `mtls`, `jwt:<issuer>`); absent means
+    /// public. Routes may override.
+    pub auth: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub token_cache: TokenCacheSection,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
 }
@@ -307,6 +318,13 @@ pub struct RouteSection {
     /// `X-Client-Cert-Fingerprint`, `X-Client-Cert-Subject-CN` and `X-Client-Cert-SAN`.
     #[serde(default)]
     pub client_cert_headers: bool,
+    /// Overrides the API's `auth` (an empty list makes the route public).
+    pub auth: Option<Vec<Spanned<String>>>,
+    /// Send the credential (API key field or parameter, `Authorization`) on to the upstream.
+    #[serde(default)]
+    pub forward_credential: bool,
+    /// Query parameter an API key may arrive in; removed before forwarding.
+    pub api_key_query: Option<String>,
 }
 
 fn default_path_match() -> PathMatch {
@@ -329,6 +347,12 @@ pub struct Config {
     pub upstreams: Vec<UpstreamSection>,
     #[serde(default)]
     pub apis: Vec<ApiSection>,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub issuers: Vec<IssuerSection>,
+    #[serde(default)]
+    pub consumers: Vec<ConsumerSection>,
     /// Resolved addresses, filled by validation (not part of the file).
     #[serde(skip)]
     pub resolved: Resolved,
@@ -349,6 +373,12 @@ pub struct Resolved {
     pub upstream_targets: Vec<Vec<SocketAddr>>,
     /// Per upstream, its TLS client settings when it has `[upstreams.tls]`.
     pub upstream_tls: Vec<Option<Arc<UpstreamTls>>>,
+    /// The API key pepper, from `auth.key_pepper_file` or the environment.
+    pub pepper: Option<Arc<crate::auth::api_key::Pepper>>,
+    /// Per issuer (file order): keys read from `jwks_file` (`None` for `jwks_url`).
+    pub issuer_keys: Vec<Option<Arc<crate::auth::jwks::KeySet>>>,
+    /// Consumers and credentials from `[[consumers]]`.
+    pub credentials: Arc<crate::auth::index::CredentialIndex>,
 }
 
 /// Collects errors against one source text, turning byte offsets into line numbers.
@@ -435,6 +465,7 @@ impl Config {
         let listener_names = self.validate_listeners(p);
         let upstream_names = self.validate_upstreams(p);
         self.validate_apis(p, &listener_names, &upstream_names);
+        self.validate_auth(p);
     }
 
     fn validate_limits(&self, p: &mut Problems<'_>) {

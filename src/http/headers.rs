@@ -60,6 +60,27 @@ pub fn copy_fields(
     }
 }
 
+/// Appends the field line `name: value`, with bytes of `value` outside visible ASCII (and `%`)
+/// percent-encoded, so a value taken from a credential or a certificate cannot inject fields.
+pub fn push_field_escaped(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    push_escaped(out, value, b"%");
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `value` with bytes outside visible ASCII and those in `also` percent-encoded.
+pub fn push_escaped(out: &mut Vec<u8>, value: &[u8], also: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in value {
+        if (0x20..0x7f).contains(&b) && !also.contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+        }
+    }
+}
+
 /// The values of a message's `Connection` headers, kept to test nominated fields.
 #[derive(Default)]
 pub struct ConnectionOptions<'a> {

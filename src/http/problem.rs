@@ -7,6 +7,7 @@ use std::io::Write;
 fn describe(status: u16) -> (&'static str, &'static str) {
     match status {
         400 => ("bad-request", "Bad Request"),
+        401 => ("unauthorized", "Unauthorized"),
         404 => ("no-route", "Not Found"),
         405 => ("method-not-allowed", "Method Not Allowed"),
         408 => ("request-timeout", "Request Timeout"),
@@ -31,15 +32,35 @@ pub fn write_problem(
     request_id: &[u8],
     extra_headers: &[u8],
 ) {
-    let (slug, title) = describe(status);
-    let mut body = [0u8; 192];
+    write_problem_with_reason(out, status, None, close, request_id, extra_headers);
+}
+
+/// [`write_problem`] with a reason code (`"reason":"expired"`); a 503 with a reason is the
+/// gateway's authentication being unavailable, not the upstream.
+pub fn write_problem_with_reason(
+    out: &mut Vec<u8>,
+    status: u16,
+    reason: Option<&str>,
+    close: bool,
+    request_id: &[u8],
+    extra_headers: &[u8],
+) {
+    let (slug, title) = match (status, reason) {
+        (503, Some(_)) => ("auth-unavailable", "Service Unavailable"),
+        _ => describe(status),
+    };
+    let mut body = [0u8; 256];
     let body_len = {
         let mut cursor = &mut body[..];
         let _ = write!(
             cursor,
-            "{{\"type\":\"urn:credentialflow:problem:{slug}\",\"title\":\"{title}\",\"status\":{status}}}"
+            "{{\"type\":\"urn:credentialflow:problem:{slug}\",\"title\":\"{title}\",\"status\":{status}"
         );
-        192 - cursor.len()
+        if let Some(reason) = reason {
+            let _ = write!(cursor, ",\"reason\":\"{reason}\"");
+        }
+        let _ = write!(cursor, "}}");
+        256 - cursor.len()
     };
     let _ = write!(
         out,
@@ -76,5 +97,13 @@ mod tests {
             assert!(head.contains("Connection: close"));
             assert!(body.contains(&format!("\"status\":{status}")));
         }
+    }
+
+    #[test]
+    fn reasons_are_in_the_body() {
+        let mut out = Vec::new();
+        write_problem_with_reason(&mut out, 401, Some("expired"), false, b"", b"");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with(r#"{"type":"urn:credentialflow:problem:unauthorized","title":"Unauthorized","status":401,"reason":"expired"}"#), "{text}");
     }
 }

@@ -5,6 +5,8 @@
 //! connection picks it up before its next request, and a request in flight finishes on the
 //! generation it started with. Upstream pools of unchanged upstreams move to the new generation.
 
+use crate::auth::cache::VerifiedCache;
+use crate::auth::{AuthLinks, AuthState, CoreAuth};
 use crate::runtime::drain::DrainSignal;
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamPools;
@@ -20,6 +22,8 @@ pub struct Generation {
     pub pools: RefCell<UpstreamPools>,
     /// Per listener (`None`: plain), what its TLS handshakes need on this core.
     pub server_tls: Vec<Option<CoreTls>>,
+    /// Per API: this core's verified-credential cache.
+    pub token_caches: Vec<RefCell<VerifiedCache>>,
 }
 
 /// A TLS listener's settings as one core uses them.
@@ -43,10 +47,16 @@ impl Generation {
                 })
             })
             .collect();
+        let token_caches = snapshot
+            .token_cache_entries
+            .iter()
+            .map(|&entries| RefCell::new(VerifiedCache::new(entries)))
+            .collect();
         Generation {
             snapshot,
             pools: RefCell::new(pools),
             server_tls,
+            token_caches,
         }
     }
 }
@@ -81,10 +91,18 @@ pub struct Core {
     pub active_connections: Cell<usize>,
     pub request_ids: RequestIds,
     pub counters: CoreCounters,
+    /// Credentials and keys this core authenticates from, with its scratch buffers.
+    pub auth: CoreAuth,
 }
 
 impl Core {
-    pub fn new(id: usize, snapshot: Arc<Snapshot>, seed: u64) -> Core {
+    pub fn new(
+        id: usize,
+        snapshot: Arc<Snapshot>,
+        auth: Arc<AuthState>,
+        links: Option<AuthLinks>,
+        seed: u64,
+    ) -> Core {
         let pools = UpstreamPools::new(&snapshot.upstreams);
         Core {
             id,
@@ -93,6 +111,7 @@ impl Core {
             active_connections: Cell::new(0),
             request_ids: RequestIds::new(seed, id),
             counters: CoreCounters::default(),
+            auth: CoreAuth::new(auth, links),
         }
     }
 
@@ -101,8 +120,9 @@ impl Core {
         self.current.borrow().clone()
     }
 
-    /// Makes `snapshot` current, carrying over the pools of unchanged upstreams.
-    pub fn adopt(&self, snapshot: Arc<Snapshot>) {
+    /// Makes `snapshot` and `auth` current, carrying over the pools of unchanged upstreams.
+    pub fn adopt(&self, snapshot: Arc<Snapshot>, auth: Arc<AuthState>) {
+        self.auth.adopt(auth);
         let old = self.current();
         // Requests still in flight on the old generation index its pools, so it keeps pools of
         // the same shape (empty) while its idle connections move on.

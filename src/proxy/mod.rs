@@ -11,15 +11,16 @@ pub mod request_id;
 
 pub use self::core::{Core, CoreTls, Generation};
 
+use crate::auth::{self, Outcome, Presented, Source};
 use crate::config::MAX_HEADERS_CEILING;
 use crate::http::chunked::ChunkedScanner;
-use crate::http::headers::{copy_fields, is_hop_by_hop};
-use crate::http::problem::write_problem;
+use crate::http::headers::{copy_fields, is_hop_by_hop, push_escaped};
+use crate::http::problem::{write_problem, write_problem_with_reason};
 use crate::http::request::{self, HeadLimits, Request};
 use crate::http::response::{self, Response};
 use crate::http::{header_slots, BodyFraming};
 use crate::router::RouteMatch;
-use crate::snapshot::Upstream;
+use crate::snapshot::{Route, Upstream};
 use crate::tls::certificate::ClientIdentity;
 use io::{linger_close, ByteStream, IoFail, UpstreamStream};
 use monoio::net::TcpStream;
@@ -37,6 +38,9 @@ const BODY_CHUNK: usize = 64 * 1024;
 /// Buffer capacity a connection keeps between requests; what a large body grew beyond this is
 /// given back, so idle keep-alive connections stay small.
 const RETAINED_BUFFER: usize = 16 * 1024;
+
+/// Longest a request waits for its Basic password check.
+const PASSWORD_CHECK_WAIT: Duration = Duration::from_secs(10);
 
 /// What to do with the client connection after an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +66,43 @@ struct Prepared {
 /// A request refused before anything was sent upstream.
 struct Reject {
     status: u16,
-    /// For 405: the `Allow` header line.
-    allow: Option<String>,
+    /// Header lines of the refusal (`Allow` for 405, `WWW-Authenticate` for 401).
+    headers: RejectHeaders,
+    /// The reason code for the problem body (authentication refusals).
+    reason: Option<&'static str>,
     request_id: RequestId,
     /// The head's length when the request has no body and the client keeps the connection, so
     /// the next request can follow the refusal; `None` means close.
     reusable_head_len: Option<usize>,
+}
+
+/// Header lines a refusal carries.
+enum RejectHeaders {
+    None,
+    /// `Allow: …` for a 405.
+    Allow(String),
+    /// The route's `WWW-Authenticate` challenges.
+    Challenge(Rc<[u8]>),
+}
+
+impl RejectHeaders {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            RejectHeaders::None => b"",
+            RejectHeaders::Allow(line) => line.as_bytes(),
+            RejectHeaders::Challenge(lines) => lines,
+        }
+    }
+}
+
+/// The outcome of preparing a request head.
+// The refusal carries its request id inline; boxing it would allocate on every 404.
+#[allow(clippy::large_enum_variant)]
+enum Prepare {
+    Ready(Prepared),
+    Refused(Reject),
+    /// Authentication must wait (a JWKS refetch, a password check), then run again.
+    Wait(auth::Wait),
 }
 
 /// How the upstream's response body reaches the client.
@@ -270,7 +305,9 @@ impl<C: ByteStream> Connection<C> {
             max_uri_bytes: limits.max_uri_bytes,
         };
         let mut head_deadline = (self.served == 0).then(|| Instant::now() + limits.head_timeout);
+        let mut waited = false;
         loop {
+            let mut wait = None;
             if self.inbuf.len() > self.pos {
                 if head_deadline.is_none() {
                     head_deadline = Some(Instant::now() + limits.head_timeout);
@@ -283,7 +320,11 @@ impl<C: ByteStream> Connection<C> {
                 );
                 match parsed {
                     Ok(Some(req)) => {
-                        return Some(prepare(&core, &generation, &self.info, &req, &mut self.out))
+                        match prepare(&core, &generation, &self.info, &req, &mut self.out, waited) {
+                            Prepare::Ready(prepared) => return Some(Ok(prepared)),
+                            Prepare::Refused(reject) => return Some(Err(reject)),
+                            Prepare::Wait(w) => wait = Some(w),
+                        }
                     }
                     Ok(None) => {}
                     Err(err) => {
@@ -292,6 +333,19 @@ impl<C: ByteStream> Connection<C> {
                         return None;
                     }
                 }
+            }
+            // The head's parse (and its header array) is gone here: the wait does not hold it.
+            if let Some(wait) = wait {
+                let limit = match wait {
+                    auth::Wait::Keys { .. } => generation.snapshot.auth.jwks_wait,
+                    auth::Wait::Password(_) => PASSWORD_CHECK_WAIT,
+                };
+                let deadline = Instant::now() + limit;
+                while !wait.ready(&core.auth) && Instant::now() < deadline {
+                    monoio::time::sleep(Duration::from_millis(1)).await;
+                }
+                waited = true;
+                continue;
             }
             let waiting_idle = head_deadline.is_none();
             let deadline = head_deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
@@ -323,13 +377,13 @@ impl<C: ByteStream> Connection<C> {
             self.pos += len;
         }
         self.out.clear();
-        let allow = reject.allow.as_deref().unwrap_or("");
-        write_problem(
+        write_problem_with_reason(
             &mut self.out,
             reject.status,
+            reject.reason,
             close,
             reject.request_id.as_bytes(),
-            allow.as_bytes(),
+            reject.headers.as_bytes(),
         );
         let timeout = self.generation.snapshot.limits.body_timeout;
         if self.client.write_all(&mut self.out, timeout).await.is_err() || close {
@@ -815,16 +869,17 @@ fn plan_response(
     }
 }
 
-/// Builds the upstream request head into `out` for a routed request, or refuses it.
-// The refusal carries its request id inline; boxing it would allocate on every 404.
-#[allow(clippy::result_large_err)]
+/// The request path of one head, in DESIGN phase order: route, filter, authenticate, then the
+/// upstream request head (identity in, credentials and spoofed identity fields out) into
+/// `out`. `waited`: authentication already waited once for this head.
 fn prepare(
     core: &Core,
     generation: &Generation,
     client: &ClientInfo,
     req: &Request<'_>,
     out: &mut Vec<u8>,
-) -> Result<Prepared, Reject> {
+    waited: bool,
+) -> Prepare {
     let snapshot = &generation.snapshot;
     let router = &snapshot.listeners[client.listener].router;
     let mut request_id = RequestId::default();
@@ -832,13 +887,18 @@ fn prepare(
         Some(id) => request_id.set(id),
         None => core.request_ids.next(&mut request_id),
     }
-    let reject = |status, allow| Reject {
-        status,
-        allow,
-        request_id,
-        reusable_head_len: (req.framing == BodyFraming::None && req.client_keep_alive())
-            .then_some(req.head_len),
+    let reject = |status, headers, reason| {
+        Prepare::Refused(Reject {
+            status,
+            headers,
+            reason,
+            request_id,
+            reusable_head_len: (req.framing == BodyFraming::None && req.client_keep_alive())
+                .then_some(req.head_len),
+        })
     };
+
+    // 3. Route.
     let path = req.path();
     let route_index = match router.lookup(req.host, path, req.method) {
         RouteMatch::Found(index) => index,
@@ -847,33 +907,74 @@ fn prepare(
                 "Allow: {}\r\n",
                 router.allowed_methods(req.host, path).join(", ")
             );
-            return Err(reject(405, Some(allow)));
+            return reject(405, RejectHeaders::Allow(allow), None);
         }
-        RouteMatch::NotFound => return Err(reject(404, None)),
+        RouteMatch::NotFound => return reject(404, RejectHeaders::None, None),
     };
     let route = &snapshot.routes[route_index];
+
+    // 4. Filter.
     if let BodyFraming::Length(n) = req.framing {
         if route.max_body_bytes > 0 && n > route.max_body_bytes {
-            return Err(reject(413, None));
+            return reject(413, RejectHeaders::None, None);
         }
     }
 
+    // 5. Authenticate.
+    let identity = match &route.auth {
+        None => None,
+        Some(route_auth) => {
+            let presented = Presented {
+                headers: req.headers,
+                query: req.target.split_once('?').map(|(_, q)| q),
+                certificate: client.identity.as_deref(),
+            };
+            let mut cache = generation.token_caches[route_auth.cache].borrow_mut();
+            let outcome = auth::authenticate(
+                &core.auth,
+                &snapshot.auth,
+                route_auth,
+                &mut cache,
+                &presented,
+            );
+            match outcome {
+                Outcome::Pass(identity, source) => Some((identity, source)),
+                Outcome::Wait(wait) if !waited => return Prepare::Wait(wait),
+                Outcome::Wait(wait) => {
+                    let reason = match wait {
+                        auth::Wait::Keys { .. } => auth::Reason::UnknownKey,
+                        auth::Wait::Password(_) => auth::Reason::Busy,
+                    };
+                    return refuse_auth(reject, route_auth, reason);
+                }
+                Outcome::Refuse(reason) => return refuse_auth(reject, route_auth, reason),
+            }
+        }
+    };
+
+    // 8. Transform the request: the upstream head.
+    let strip_credential = route.auth.as_ref().is_some_and(|a| !a.forward_credential);
+    let auth_config = &snapshot.auth;
     out.clear();
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
-    if route.strip_prefix {
-        let prefix = route.key.path.trim_end_matches('/');
-        let rest = &req.target[prefix.len().min(req.target.len())..];
-        if !rest.starts_with('/') {
-            out.push(b'/');
-        }
-        out.extend_from_slice(rest.as_bytes());
-    } else {
-        out.extend_from_slice(req.target.as_bytes());
-    }
+    let query_key = match (&identity, &route.auth) {
+        (Some((_, Source::Query)), Some(a)) if strip_credential => a.api_key_query.as_deref(),
+        _ => None,
+    };
+    push_target(out, req.target, route, query_key);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     copy_fields(out, req.head, req.headers, |name| {
-        is_hop_by_hop(name) || is_replaced_request_header(name) || nominated(&req.connection, name)
+        is_hop_by_hop(name)
+            || is_replaced_request_header(name)
+            || nominated(&req.connection, name)
+            || auth_config
+                .identity_fields
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(name))
+            || (strip_credential
+                && (name.eq_ignore_ascii_case(b"authorization")
+                    || name.eq_ignore_ascii_case(&auth_config.api_key_header)))
     });
     let upstream = &snapshot.upstreams[route.upstream];
     if req.host.is_empty() {
@@ -891,6 +992,9 @@ fn prepare(
     if route.client_cert_headers {
         out.extend_from_slice(client.identity_fields());
     }
+    if let Some((identity, _)) = &identity {
+        out.extend_from_slice(&identity.upstream_fields);
+    }
     if !req.host.is_empty() {
         push_header(out, b"X-Forwarded-Host", req.host);
     }
@@ -900,7 +1004,7 @@ fn prepare(
     }
     out.extend_from_slice(b"\r\n");
 
-    Ok(Prepared {
+    Prepare::Ready(Prepared {
         head_len: req.head_len,
         framing: req.framing,
         client_keep_alive: req.client_keep_alive(),
@@ -912,6 +1016,53 @@ fn prepare(
         max_body: route.max_body_bytes,
         request_id,
     })
+}
+
+/// A 401 (or 503) for an authentication refusal, with the route's challenges.
+fn refuse_auth(
+    reject: impl FnOnce(u16, RejectHeaders, Option<&'static str>) -> Prepare,
+    route: &auth::RouteAuth,
+    reason: auth::Reason,
+) -> Prepare {
+    let status = reason.status();
+    let headers = match (status, reason) {
+        (401, auth::Reason::MissingCredential) => {
+            RejectHeaders::Challenge(Rc::from(&route.challenge_missing[..]))
+        }
+        (401, _) => RejectHeaders::Challenge(Rc::from(&route.challenge_invalid[..])),
+        _ => RejectHeaders::Allow("Retry-After: 1\r\n".into()),
+    };
+    reject(status, headers, Some(reason.code()))
+}
+
+/// Writes the request target for the upstream: the matched prefix removed when the route
+/// strips it, and the query parameter `drop_param` (an API key) left out.
+fn push_target(out: &mut Vec<u8>, target: &str, route: &Route, drop_param: Option<&str>) {
+    let target = if route.strip_prefix {
+        let prefix = route.key.path.trim_end_matches('/');
+        let rest = &target[prefix.len().min(target.len())..];
+        if !rest.starts_with('/') {
+            out.push(b'/');
+        }
+        rest
+    } else {
+        target
+    };
+    let Some(param) = drop_param else {
+        out.extend_from_slice(target.as_bytes());
+        return;
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    out.extend_from_slice(path.as_bytes());
+    let mut first = true;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        if pair.split_once('=').map_or(pair, |(k, _)| k) == param {
+            continue;
+        }
+        out.push(if first { b'?' } else { b'&' });
+        first = false;
+        out.extend_from_slice(pair.as_bytes());
+    }
 }
 
 /// Request fields the gateway sets itself (client values are dropped, never trusted), including
@@ -957,18 +1108,6 @@ fn client_cert_fields(identity: &ClientIdentity) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out
-}
-
-/// Appends `value` with bytes outside visible ASCII and those in `also` percent-encoded.
-fn push_escaped(out: &mut Vec<u8>, value: &[u8], also: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in value {
-        if (0x20..0x7f).contains(&b) && !also.contains(&b) {
-            out.push(b);
-        } else {
-            out.extend_from_slice(&[b'%', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
-        }
-    }
 }
 
 /// A field named in `Connection` is dropped, except those that frame or address the message:

@@ -43,6 +43,14 @@ pub fn control_channel() -> std::io::Result<(ControlSender, ControlReceiver)> {
 }
 
 impl ControlSender {
+    /// A second handle on the same core (for the control side's other threads).
+    pub fn try_clone(&self) -> std::io::Result<ControlSender> {
+        Ok(ControlSender {
+            messages: self.messages.clone(),
+            wake: self.wake.try_clone()?,
+        })
+    }
+
     /// Queues `message` and wakes the core. False when the core is gone.
     pub fn send(&self, message: ControlMsg) -> bool {
         if self.messages.send(message).is_err() {

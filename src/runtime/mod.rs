@@ -6,6 +6,7 @@
 pub mod channel;
 pub mod drain;
 
+use crate::auth::{AuthLinks, AuthState};
 use crate::proxy::{request_id::random_seed, serve_connection, Core};
 use crate::snapshot::Snapshot;
 use channel::{control_channel, ControlReceiver, ControlSender};
@@ -24,9 +25,12 @@ use std::time::{Duration, Instant};
 pub enum ControlMsg {
     /// Stop accepting, finish in-flight requests, close idle connections, then exit.
     Drain,
-    /// Serve new requests from this snapshot; the core sends its id on the ack channel once it
-    /// has.
-    Adopt(Arc<Snapshot>, Sender<usize>),
+    /// Serve new requests from this snapshot and authentication state; the core sends its id
+    /// on the ack channel once it has.
+    Adopt(Arc<Snapshot>, Arc<AuthState>, Sender<usize>),
+    /// New credentials or issuer keys: authenticate from this state (verified-credential
+    /// caches are emptied); acked like `Adopt`.
+    Auth(Arc<AuthState>, Sender<usize>),
 }
 
 /// Why the workers could not start.
@@ -170,6 +174,7 @@ static FALLBACK_WARNING: Once = Once::new();
 /// Starts `count` workers serving `snapshot`; returns once every worker listens.
 pub fn start_workers(
     snapshot: Arc<Snapshot>,
+    auth: (Arc<AuthState>, AuthLinks),
     count: usize,
     pin: bool,
 ) -> Result<Vec<Worker>, StartError> {
@@ -181,10 +186,11 @@ pub fn start_workers(
         let (control, control_rx) = control_channel().map_err(StartError::Spawn)?;
         let cpu = (pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let snapshot = snapshot.clone();
+        let auth = (auth.0.clone(), auth.1.clone());
         let ready = ready_tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("cflow-core-{id}"))
-            .spawn(move || worker_thread(id, cpu, snapshot, seed, control_rx, ready))
+            .spawn(move || worker_thread(id, cpu, snapshot, auth, seed, control_rx, ready))
             .map_err(StartError::Spawn)?;
         workers.push(Worker { thread, control });
     }
@@ -221,6 +227,7 @@ fn worker_thread(
     id: usize,
     cpu: Option<usize>,
     snapshot: Arc<Snapshot>,
+    auth: (Arc<AuthState>, AuthLinks),
     seed: u64,
     control: ControlReceiver,
     ready: Ready,
@@ -230,7 +237,7 @@ fn worker_thread(
             tracing::warn!(worker = id, cpu, error = %err, "cannot pin worker to its CPU");
         }
     }
-    let core = Rc::new(Core::new(id, snapshot, seed));
+    let core = Rc::new(Core::new(id, snapshot, auth.0, Some(auth.1), seed));
     if monoio::utils::detect_uring() {
         // Deferred task running needs Linux 6.1; older kernels get a plain ring.
         let mut last_error = None;
@@ -326,8 +333,12 @@ async fn worker_main(core: Rc<Core>, control: ControlReceiver, ready: Ready) {
     while let Some(message) = control.next().await {
         match message {
             ControlMsg::Drain => break,
-            ControlMsg::Adopt(snapshot, ack) => {
-                core.adopt(snapshot);
+            ControlMsg::Adopt(snapshot, auth, ack) => {
+                core.adopt(snapshot, auth);
+                let _ = ack.send(core.id);
+            }
+            ControlMsg::Auth(auth, ack) => {
+                core.auth.adopt(auth);
                 let _ = ack.send(core.id);
             }
         }

@@ -1,0 +1,374 @@
+//! The credential index: consumers and their credentials, looked up by what a request presents
+//! (API key id, Basic user name, client-certificate fingerprint or name, JWT issuer + subject).
+//!
+//! It is separate from the compiled routes and updated incrementally: every map is split into
+//! shards that are shared (`Arc`) between index versions, so adding or revoking one credential
+//! copies one shard (~1/256 of the map) instead of the whole index, and never touches routes or
+//! TLS. Cores read a version shared read-only; the control side builds the next one.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+
+/// Tenant of consumers that name none.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// An application or user of one tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    pub id: Box<str>,
+    pub tenant: Box<str>,
+    pub groups: Box<[Box<str>]>,
+}
+
+/// What a credential proves possession of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// HMAC-SHA256(pepper, key secret).
+    ApiKey([u8; 32]),
+    /// PBKDF2-HMAC-SHA256 password hash.
+    Basic(super::basic::PasswordHash),
+    /// Nothing to check here: a verified client certificate or a verified JWT maps to it.
+    None,
+}
+
+/// The kind of a credential, as written in config (`kind = "…"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    ApiKey,
+    Jwt,
+    Basic,
+    Mtls,
+}
+
+impl CredentialKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CredentialKind::ApiKey => "api_key",
+            CredentialKind::Jwt => "jwt",
+            CredentialKind::Basic => "basic",
+            CredentialKind::Mtls => "mtls",
+        }
+    }
+}
+
+/// One credential of a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The credential's id (the key id for API keys), named in logs and sent upstream.
+    pub id: Box<str>,
+    pub kind: CredentialKind,
+    pub consumer: Arc<Consumer>,
+    pub secret: Secret,
+    pub scopes: Box<[Box<str>]>,
+    /// Seconds since the Unix epoch after which the credential is refused.
+    pub expires: Option<i64>,
+    pub revoked: bool,
+}
+
+/// Number of shards per map (a power of two).
+const SHARDS: usize = 256;
+
+/// A string-keyed map split into copy-on-write shards.
+#[derive(Clone)]
+pub struct ShardedMap<K, V> {
+    hasher: RandomState,
+    shards: Box<[Arc<HashMap<K, V, RandomState>>]>,
+    len: usize,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
+    pub fn new() -> Self {
+        let hasher = RandomState::new();
+        let shards = (0..SHARDS)
+            .map(|_| Arc::new(HashMap::with_hasher(hasher.clone())))
+            .collect();
+        ShardedMap {
+            hasher,
+            shards,
+            len: 0,
+        }
+    }
+
+    fn shard_of<Q: Hash + ?Sized>(&self, key: &Q) -> usize {
+        (self.hasher.hash_one(key) >> 56) as usize & (SHARDS - 1)
+    }
+
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shards[self.shard_of(key)].get(key)
+    }
+
+    /// Inserts or replaces; copies the one shard if an older version still shares it.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        let shard = self.shard_of(&key);
+        let old = Arc::make_mut(&mut self.shards[shard]).insert(key, value);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let shard = self.shard_of(key);
+        if !self.shards[shard].contains_key(key) {
+            return None;
+        }
+        let old = Arc::make_mut(&mut self.shards[shard]).remove(key);
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.shards.iter().flat_map(|s| s.values())
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Default for ShardedMap<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why a credential cannot be added.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IndexError {
+    #[error("{kind} credential `{id}` is defined twice")]
+    Duplicate { kind: &'static str, id: String },
+    #[error("consumer `{0}` is defined twice")]
+    DuplicateConsumer(String),
+}
+
+/// All consumers and credentials, indexed for the request path.
+#[derive(Clone, Default)]
+pub struct CredentialIndex {
+    consumers: ShardedMap<Box<str>, Arc<Consumer>>,
+    api_keys: ShardedMap<Box<str>, Arc<Credential>>,
+    basic: ShardedMap<Box<str>, Arc<Credential>>,
+    /// By SHA-256 fingerprint (lower-case hex) of the client certificate.
+    mtls_fingerprints: ShardedMap<Box<str>, Arc<Credential>>,
+    /// By `CN=<name>` or a subject alternative name (`DNS:…`, `URI:…`, `email:…`).
+    mtls_names: ShardedMap<Box<str>, Arc<Credential>>,
+    /// By `<issuer name>\n<subject>`.
+    jwt_subjects: ShardedMap<Box<str>, Arc<Credential>>,
+}
+
+impl std::fmt::Debug for CredentialIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (consumers, api_keys, others) = self.counts();
+        f.debug_struct("CredentialIndex")
+            .field("consumers", &consumers)
+            .field("api_keys", &api_keys)
+            .field("other_credentials", &others)
+            .finish()
+    }
+}
+
+/// The key under which a credential is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handle {
+    ApiKey(String),
+    Basic(String),
+    MtlsFingerprint(String),
+    MtlsName(String),
+    Jwt { issuer: String, subject: String },
+}
+
+impl CredentialIndex {
+    pub fn add_consumer(&mut self, consumer: Arc<Consumer>) -> Result<(), IndexError> {
+        if self.consumers.get(&*consumer.id).is_some() {
+            return Err(IndexError::DuplicateConsumer(consumer.id.to_string()));
+        }
+        self.consumers.insert(consumer.id.clone(), consumer);
+        Ok(())
+    }
+
+    pub fn consumer(&self, id: &str) -> Option<&Arc<Consumer>> {
+        self.consumers.get(id)
+    }
+
+    fn map_for(
+        &mut self,
+        handle: &Handle,
+    ) -> (&mut ShardedMap<Box<str>, Arc<Credential>>, Box<str>) {
+        match handle {
+            Handle::ApiKey(id) => (&mut self.api_keys, id.as_str().into()),
+            Handle::Basic(user) => (&mut self.basic, user.as_str().into()),
+            Handle::MtlsFingerprint(f) => (&mut self.mtls_fingerprints, f.as_str().into()),
+            Handle::MtlsName(n) => (&mut self.mtls_names, n.as_str().into()),
+            Handle::Jwt { issuer, subject } => (
+                &mut self.jwt_subjects,
+                format!("{issuer}\n{subject}").into(),
+            ),
+        }
+    }
+
+    /// Adds a credential under `handle`; a handle already taken is an error.
+    pub fn add(&mut self, handle: Handle, credential: Arc<Credential>) -> Result<(), IndexError> {
+        let kind = credential.kind.name();
+        let (map, key) = self.map_for(&handle);
+        if map.get(&*key).is_some() {
+            return Err(IndexError::Duplicate {
+                kind,
+                id: key.replace('\n', ":"),
+            });
+        }
+        map.insert(key, credential);
+        Ok(())
+    }
+
+    /// Replaces (or adds) the credential under `handle`: rotation, revocation, expiry changes.
+    pub fn put(&mut self, handle: Handle, credential: Arc<Credential>) {
+        let (map, key) = self.map_for(&handle);
+        map.insert(key, credential);
+    }
+
+    /// Removes the credential under `handle`.
+    pub fn remove(&mut self, handle: &Handle) -> Option<Arc<Credential>> {
+        let (map, key) = self.map_for(handle);
+        map.remove(&*key)
+    }
+
+    pub fn api_key(&self, id: &str) -> Option<&Arc<Credential>> {
+        self.api_keys.get(id)
+    }
+
+    pub fn basic(&self, user: &str) -> Option<&Arc<Credential>> {
+        self.basic.get(user)
+    }
+
+    pub fn mtls_fingerprint(&self, fingerprint: &str) -> Option<&Arc<Credential>> {
+        self.mtls_fingerprints.get(fingerprint)
+    }
+
+    pub fn mtls_name(&self, name: &str) -> Option<&Arc<Credential>> {
+        self.mtls_names.get(name)
+    }
+
+    /// The credential mapping `subject` of `issuer`; `buf` is scratch for the lookup key.
+    pub fn jwt_subject(
+        &self,
+        issuer: &str,
+        subject: &str,
+        buf: &mut String,
+    ) -> Option<&Arc<Credential>> {
+        if self.jwt_subjects.is_empty() {
+            return None;
+        }
+        buf.clear();
+        buf.push_str(issuer);
+        buf.push('\n');
+        buf.push_str(subject);
+        self.jwt_subjects.get(buf.as_str())
+    }
+
+    /// Counts for logs: consumers, API keys, other credentials.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (
+            self.consumers.len(),
+            self.api_keys.len(),
+            self.basic.len()
+                + self.mtls_fingerprints.len()
+                + self.mtls_names.len()
+                + self.jwt_subjects.len(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer(id: &str) -> Arc<Consumer> {
+        Arc::new(Consumer {
+            id: id.into(),
+            tenant: DEFAULT_TENANT.into(),
+            groups: Box::new([]),
+        })
+    }
+
+    fn key(id: &str, consumer: &Arc<Consumer>) -> Arc<Credential> {
+        Arc::new(Credential {
+            id: id.into(),
+            kind: CredentialKind::ApiKey,
+            consumer: consumer.clone(),
+            secret: Secret::ApiKey([1; 32]),
+            scopes: Box::new([]),
+            expires: None,
+            revoked: false,
+        })
+    }
+
+    #[test]
+    fn a_new_version_shares_untouched_shards_with_the_old() {
+        let app = consumer("app");
+        let mut v1 = CredentialIndex::default();
+        for i in 0..2000 {
+            v1.add(Handle::ApiKey(format!("k{i}")), key(&format!("k{i}"), &app))
+                .unwrap();
+        }
+        let mut v2 = v1.clone();
+        v2.put(Handle::ApiKey("k7".into()), {
+            let mut revoked = (**v1.api_key("k7").unwrap()).clone();
+            revoked.revoked = true;
+            Arc::new(revoked)
+        });
+        assert!(!v1.api_key("k7").unwrap().revoked, "old version unchanged");
+        assert!(v2.api_key("k7").unwrap().revoked);
+        let shared = v1
+            .api_keys
+            .shards
+            .iter()
+            .zip(v2.api_keys.shards.iter())
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
+        assert_eq!(shared, SHARDS - 1, "only one shard was copied");
+        assert!(v2.remove(&Handle::ApiKey("k8".into())).is_some());
+        assert!(v2.api_key("k8").is_none() && v1.api_key("k8").is_some());
+        assert_eq!(v2.counts().1, 1999);
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let app = consumer("app");
+        let mut index = CredentialIndex::default();
+        index.add_consumer(app.clone()).unwrap();
+        assert!(index.add_consumer(app.clone()).is_err());
+        index
+            .add(Handle::ApiKey("a".into()), key("a", &app))
+            .unwrap();
+        assert!(index
+            .add(Handle::ApiKey("a".into()), key("a", &app))
+            .is_err());
+        let mut buf = String::new();
+        index
+            .add(
+                Handle::Jwt {
+                    issuer: "corp".into(),
+                    subject: "u1".into(),
+                },
+                key("j", &app),
+            )
+            .unwrap();
+        assert!(index.jwt_subject("corp", "u1", &mut buf).is_some());
+        assert!(index.jwt_subject("corp", "u2", &mut buf).is_none());
+    }
+}

@@ -1,0 +1,337 @@
+//! JWK Sets: reading a JWKS document (file or HTTP body) into an issuer's verification keys,
+//! choosing a key for a token (by `kid`, or the only key), and fetching a JWKS URL over HTTP on
+//! the control side (never on a core), with the `Cache-Control: max-age` the IdP sent.
+
+use super::keys::{AlgorithmSet, JwkFields, KeyError, VerifyKey};
+use serde::Deserialize;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// An issuer's current keys.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    pub keys: Vec<VerifyKey>,
+}
+
+/// Why a JWKS document was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("not a JWK Set: {0}")]
+    Syntax(String),
+    #[error("key {index} ({kid}): {error}")]
+    Key {
+        index: usize,
+        kid: String,
+        error: KeyError,
+    },
+    #[error("the JWK Set has no usable keys")]
+    Empty,
+    #[error("two keys share kid `{0}`")]
+    DuplicateKid(String),
+}
+
+#[derive(Deserialize)]
+struct Document {
+    keys: Vec<RawJwk>,
+}
+
+#[derive(Deserialize)]
+struct RawJwk {
+    kty: String,
+    kid: Option<String>,
+    alg: Option<String>,
+    #[serde(rename = "use")]
+    use_: Option<String>,
+    crv: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+    k: Option<String>,
+}
+
+impl KeySet {
+    /// Reads a JWKS document. Keys of types the gateway does not verify (e.g. `enc` keys or
+    /// unknown curves) are skipped when `lenient`; otherwise they are errors.
+    pub fn parse(
+        document: &[u8],
+        allowed: AlgorithmSet,
+        lenient: bool,
+    ) -> Result<KeySet, JwksError> {
+        let mut bytes = document.to_vec();
+        let doc: Document = simd_json::serde::from_slice(&mut bytes)
+            .map_err(|err| JwksError::Syntax(err.to_string()))?;
+        let mut keys: Vec<VerifyKey> = Vec::with_capacity(doc.keys.len());
+        for (index, raw) in doc.keys.into_iter().enumerate() {
+            let fields = JwkFields {
+                kty: raw.kty,
+                kid: raw.kid,
+                alg: raw.alg,
+                use_: raw.use_,
+                crv: raw.crv,
+                n: raw.n,
+                e: raw.e,
+                x: raw.x,
+                y: raw.y,
+                k: raw.k,
+            };
+            match VerifyKey::from_jwk(&fields, allowed) {
+                Ok(key) => {
+                    if let Some(kid) = &key.kid {
+                        if keys.iter().any(|k| k.kid.as_ref() == Some(kid)) {
+                            return Err(JwksError::DuplicateKid(kid.to_string()));
+                        }
+                    }
+                    if !key.algorithms.is_empty() {
+                        keys.push(key);
+                    }
+                }
+                Err(_) if lenient => {}
+                Err(error) => {
+                    return Err(JwksError::Key {
+                        index,
+                        kid: fields.kid.unwrap_or_else(|| "no kid".into()),
+                        error,
+                    })
+                }
+            }
+        }
+        if keys.is_empty() {
+            return Err(JwksError::Empty);
+        }
+        Ok(KeySet { keys })
+    }
+
+    /// The key for a token: the one with its `kid`, or — when the token names none — the only
+    /// key of the set.
+    pub fn find(&self, kid: Option<&[u8]>) -> Option<&VerifyKey> {
+        match kid {
+            Some(kid) => self
+                .keys
+                .iter()
+                .find(|k| k.kid.as_deref().map(str::as_bytes) == Some(kid)),
+            None if self.keys.len() == 1 => self.keys.first(),
+            None => None,
+        }
+    }
+
+    /// The key ids, for logs.
+    pub fn kids(&self) -> Vec<&str> {
+        self.keys
+            .iter()
+            .map(|k| k.kid.as_deref().unwrap_or("-"))
+            .collect()
+    }
+}
+
+/// A parsed `http://host:port/path` JWKS address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksUrl {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+    pub text: String,
+}
+
+impl JwksUrl {
+    pub fn parse(text: &str) -> Result<JwksUrl, String> {
+        let rest = text.strip_prefix("http://").ok_or_else(|| {
+            format!(
+                "`{text}` must be an http:// URL (serve the JWKS on a local address or a sidecar)"
+            )
+        })?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
+                host,
+                port.parse::<u16>()
+                    .map_err(|_| format!("`{text}`: invalid port"))?,
+            ),
+            _ => (authority, 80),
+        };
+        if host.is_empty() {
+            return Err(format!("`{text}`: no host"));
+        }
+        Ok(JwksUrl {
+            host: host.trim_start_matches('[').trim_end_matches(']').into(),
+            port,
+            path: path.into(),
+            text: text.into(),
+        })
+    }
+}
+
+/// A fetched JWKS body and how long the IdP lets it be cached.
+pub struct Fetched {
+    pub body: Vec<u8>,
+    pub max_age: Option<Duration>,
+}
+
+/// Largest JWKS body accepted.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// Fetches a JWKS URL (blocking; control side only).
+pub fn fetch(url: &JwksUrl, timeout: Duration) -> Result<Fetched, String> {
+    let addr = (url.host.as_str(), url.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
+        .next()
+        .ok_or_else(|| format!("{} resolved to no address", url.host))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|_| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    let host = if url.port == 80 {
+        url.host.clone()
+    } else {
+        format!("{}:{}", url.host, url.port)
+    };
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nUser-Agent: credentialflow\r\nConnection: close\r\n\r\n",
+        url.path
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut raw = Vec::new();
+    stream
+        .take(MAX_JWKS_BYTES as u64 + 16 * 1024)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("read: {e}"))?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Result<Fetched, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return Err("malformed HTTP response".into()),
+    };
+    let code = response.code.unwrap_or(0);
+    if code != 200 {
+        return Err(format!("HTTP status {code}"));
+    }
+    let mut chunked = false;
+    let mut length = None;
+    let mut max_age = None;
+    for h in response.headers.iter() {
+        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            length = value.parse::<usize>().ok();
+        } else if h.name.eq_ignore_ascii_case("cache-control") {
+            max_age = cache_max_age(value);
+        }
+    }
+    let rest = &raw[head_len..];
+    let body = if chunked {
+        let mut body = Vec::new();
+        let mut scanner = crate::http::chunked::ChunkedScanner::new();
+        scanner
+            .scan(rest, |a, b| body.extend_from_slice(&rest[a..b]))
+            .map_err(|e| format!("chunked body: {e}"))?;
+        if !scanner.is_done() {
+            return Err("truncated chunked body".into());
+        }
+        body
+    } else {
+        match length {
+            Some(n) if rest.len() < n => return Err("truncated body".into()),
+            Some(n) => rest[..n].to_vec(),
+            None => rest.to_vec(),
+        }
+    };
+    if body.len() > MAX_JWKS_BYTES {
+        return Err("JWKS body larger than 1 MiB".into());
+    }
+    Ok(Fetched { body, max_age })
+}
+
+/// `max-age` from a `Cache-Control` value (`no-store`/`no-cache` count as 0).
+pub fn cache_max_age(value: &str) -> Option<Duration> {
+    let mut age = None;
+    for directive in value.split(',') {
+        let directive = directive.trim();
+        if directive.eq_ignore_ascii_case("no-store") || directive.eq_ignore_ascii_case("no-cache")
+        {
+            return Some(Duration::ZERO);
+        }
+        if let Some((name, v)) = directive.split_once('=') {
+            if name.trim().eq_ignore_ascii_case("max-age") {
+                age = v.trim().trim_matches('"').parse::<u64>().ok();
+            }
+        }
+    }
+    age.map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_KEYS: &str = r#"{"keys":[
+        {"kty":"oct","kid":"a","k":"AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow"},
+        {"kty":"OKP","crv":"Ed25519","kid":"b","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+        {"kty":"EC","crv":"P-521","kid":"c","x":"AA","y":"AA"}
+    ]}"#;
+
+    #[test]
+    fn keys_are_found_by_kid_and_unusable_ones_skipped_when_lenient() {
+        let set = KeySet::parse(TWO_KEYS.as_bytes(), AlgorithmSet::ANY, true).unwrap();
+        assert_eq!(set.kids(), vec!["a", "b"]);
+        assert!(set.find(Some(b"b")).is_some());
+        assert!(set.find(Some(b"z")).is_none());
+        assert!(set.find(None).is_none(), "two keys and no kid: ambiguous");
+        assert!(KeySet::parse(TWO_KEYS.as_bytes(), AlgorithmSet::ANY, false).is_err());
+    }
+
+    #[test]
+    fn garbage_and_empty_sets_are_refused() {
+        assert!(KeySet::parse(b"{", AlgorithmSet::ANY, true).is_err());
+        assert!(matches!(
+            KeySet::parse(br#"{"keys":[]}"#, AlgorithmSet::ANY, true),
+            Err(JwksError::Empty)
+        ));
+    }
+
+    #[test]
+    fn urls_and_cache_control() {
+        let url = JwksUrl::parse("http://127.0.0.1:9300/jwks").unwrap();
+        assert_eq!(
+            (url.host.as_str(), url.port, url.path.as_str()),
+            ("127.0.0.1", 9300, "/jwks")
+        );
+        assert_eq!(JwksUrl::parse("http://idp").unwrap().port, 80);
+        assert!(JwksUrl::parse("ftp://x").is_err());
+        assert_eq!(
+            cache_max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(cache_max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(cache_max_age("public"), None);
+    }
+
+    #[test]
+    fn responses_with_length_and_chunked_bodies() {
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: max-age=60\r\n\r\n{}",
+        )
+        .unwrap();
+        assert_eq!(r.body, b"{}");
+        assert_eq!(r.max_age, Some(Duration::from_secs(60)));
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.body, b"{}");
+        assert!(parse_response(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n").is_err());
+    }
+}

@@ -1,0 +1,281 @@
+//! The control side of authentication: it owns the current [`AuthState`] (credentials and
+//! issuer keys), publishes every change to all cores and waits for each core's ack, runs the
+//! JWKS refresher thread (periodic refresh honouring `Cache-Control` within bounds, one
+//! single-flight refetch per issuer and cooldown when a core meets an unknown `kid`, last good
+//! keys kept while the IdP is down) and the Basic password checker thread.
+
+use super::jwks::{self, JwksUrl, KeySet};
+use super::keys::{Algorithm, AlgorithmSet};
+use super::{basic, AuthLinks, AuthState, Refetch};
+use crate::config::Config;
+use crate::runtime::channel::ControlSender;
+use crate::runtime::ControlMsg;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a publication waits for every core's ack.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timeout of one JWKS fetch (connect, and each read).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where one issuer's keys come from.
+#[derive(Debug, Clone, PartialEq)]
+struct KeySource {
+    name: String,
+    url: Option<JwksUrl>,
+    allowed: AlgorithmSet,
+    refresh: Duration,
+    min_refresh: Duration,
+    max_refresh: Duration,
+    cooldown: Duration,
+}
+
+/// What the control side currently serves.
+struct Published {
+    state: Arc<AuthState>,
+    sources: Vec<KeySource>,
+    cores: Vec<ControlSender>,
+}
+
+impl Published {
+    /// Replaces the state (epoch + 1) and hands it to every core; returns once all acked.
+    fn publish(&mut self, build: impl FnOnce(&AuthState) -> AuthState) {
+        let mut next = build(&self.state);
+        next.epoch = self.state.epoch + 1;
+        self.state = Arc::new(next);
+        if self.cores.is_empty() {
+            return;
+        }
+        let (ack, acks) = crossbeam_channel::unbounded();
+        let mut sent = 0;
+        for core in &self.cores {
+            if core.send(ControlMsg::Auth(self.state.clone(), ack.clone())) {
+                sent += 1;
+            }
+        }
+        let deadline = Instant::now() + ACK_TIMEOUT;
+        let mut applied = 0;
+        while applied < sent && acks.recv_deadline(deadline).is_ok() {
+            applied += 1;
+        }
+        if applied < sent {
+            tracing::warn!(
+                applied,
+                cores = sent,
+                "auth update: not every core confirmed in time"
+            );
+        }
+    }
+}
+
+/// The control side's authentication service.
+pub struct AuthService {
+    shared: Arc<Mutex<Published>>,
+    links: AuthLinks,
+}
+
+fn sources(config: &Config) -> Vec<KeySource> {
+    config
+        .issuers
+        .iter()
+        .map(|i| KeySource {
+            name: i.name.get_ref().clone(),
+            url: i
+                .jwks_url
+                .as_ref()
+                .and_then(|u| JwksUrl::parse(u.get_ref()).ok()),
+            allowed: match &i.algorithms {
+                None => AlgorithmSet::ANY,
+                Some(list) => AlgorithmSet::of(
+                    &list
+                        .iter()
+                        .filter_map(|a| Algorithm::from_name(a.get_ref().as_bytes()))
+                        .collect::<Vec<_>>(),
+                ),
+            },
+            refresh: i.jwks_refresh.0,
+            min_refresh: i.jwks_min_refresh.0,
+            max_refresh: i.jwks_max_refresh.0,
+            cooldown: i.jwks_refetch_cooldown.0,
+        })
+        .collect()
+}
+
+/// The state for `config`, keeping fetched keys of issuers whose source did not change.
+fn state_for(config: &Config, old: Option<(&AuthState, &[KeySource])>) -> AuthState {
+    let new_sources = sources(config);
+    let keys = new_sources
+        .iter()
+        .zip(&config.resolved.issuer_keys)
+        .map(|(source, file_keys)| {
+            if file_keys.is_some() {
+                return file_keys.clone();
+            }
+            let (state, old_sources) = old?;
+            let at = old_sources.iter().position(|s| s == source)?;
+            state.keys[at].clone()
+        })
+        .collect();
+    AuthState {
+        epoch: 0,
+        credentials: config.resolved.credentials.clone(),
+        keys,
+    }
+}
+
+impl AuthService {
+    /// Starts the refresher and checker threads for `config`.
+    pub fn start(config: &Config) -> AuthService {
+        let shared = Arc::new(Mutex::new(Published {
+            state: Arc::new(AuthState {
+                epoch: 1,
+                ..state_for(config, None)
+            }),
+            sources: sources(config),
+            cores: Vec::new(),
+        }));
+        let (refetch, requests) = crossbeam_channel::bounded(1024);
+        let refresher = shared.clone();
+        std::thread::Builder::new()
+            .name("cflow-jwks".into())
+            .spawn(move || refresh_loop(refresher, requests))
+            .expect("spawn the JWKS refresher thread");
+        AuthService {
+            shared,
+            links: AuthLinks {
+                refetch,
+                checker: basic::Checker::start(),
+            },
+        }
+    }
+
+    /// The handles the cores use.
+    pub fn links(&self) -> AuthLinks {
+        self.links.clone()
+    }
+
+    /// The current state.
+    pub fn state(&self) -> Arc<AuthState> {
+        self.shared.lock().expect("auth state lock").state.clone()
+    }
+
+    /// Publishes future changes to these cores.
+    pub fn attach(&self, cores: Vec<ControlSender>) {
+        self.shared.lock().expect("auth state lock").cores = cores;
+    }
+
+    /// Builds the state for a reloaded `config` and runs `apply` with it while no key update
+    /// can slip in between (the caller hands it to the cores with the new snapshot).
+    pub fn reload(&self, config: &Config, apply: impl FnOnce(Arc<AuthState>)) {
+        let mut shared = self.shared.lock().expect("auth state lock");
+        let mut next = state_for(config, Some((&shared.state, &shared.sources)));
+        next.epoch = shared.state.epoch + 1;
+        shared.state = Arc::new(next);
+        shared.sources = sources(config);
+        apply(shared.state.clone());
+        drop(shared);
+        // Wake the refresher so it fetches for new or changed issuers at once.
+        let _ = self.links.refetch.try_send(Refetch { issuer: "".into() });
+    }
+}
+
+/// Refresh schedule of one remote issuer.
+struct Schedule {
+    source: KeySource,
+    next: Instant,
+    last_fetch: Option<Instant>,
+    last_body: Option<ring::digest::Digest>,
+}
+
+fn refresh_loop(shared: Arc<Mutex<Published>>, requests: Receiver<Refetch>) {
+    let mut schedules: Vec<Schedule> = Vec::new();
+    loop {
+        // Follow the configured sources (reloads change them).
+        let sources = shared.lock().expect("auth state lock").sources.clone();
+        schedules.retain(|s| sources.contains(&s.source));
+        for source in sources.into_iter().filter(|s| s.url.is_some()) {
+            if !schedules.iter().any(|s| s.source == source) {
+                schedules.push(Schedule {
+                    source,
+                    next: Instant::now(),
+                    last_fetch: None,
+                    last_body: None,
+                });
+            }
+        }
+        let now = Instant::now();
+        for schedule in schedules.iter_mut().filter(|s| s.next <= now) {
+            fetch_and_publish(&shared, schedule);
+        }
+        let wait = schedules
+            .iter()
+            .map(|s| s.next.saturating_duration_since(Instant::now()))
+            .min()
+            .unwrap_or(Duration::from_secs(3600));
+        match requests.recv_timeout(wait) {
+            Ok(request) => {
+                let now = Instant::now();
+                if let Some(schedule) = schedules
+                    .iter_mut()
+                    .find(|s| *s.source.name == *request.issuer)
+                {
+                    let cooled = schedule
+                        .last_fetch
+                        .is_none_or(|at| now.duration_since(at) >= schedule.source.cooldown);
+                    if cooled {
+                        tracing::info!(issuer = %schedule.source.name, "unknown key id: refetching the JWKS");
+                        schedule.next = now;
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn fetch_and_publish(shared: &Arc<Mutex<Published>>, schedule: &mut Schedule) {
+    let source = &schedule.source;
+    let Some(url) = &source.url else { return };
+    let now = Instant::now();
+    schedule.last_fetch = Some(now);
+    let fetched = jwks::fetch(url, FETCH_TIMEOUT).and_then(|fetched| {
+        KeySet::parse(&fetched.body, source.allowed, true)
+            .map(|keys| (keys, fetched))
+            .map_err(|e| e.to_string())
+    });
+    match fetched {
+        Ok((keys, fetched)) => {
+            let interval = fetched.max_age.unwrap_or(source.refresh).clamp(
+                source.min_refresh,
+                source.max_refresh.max(source.min_refresh),
+            );
+            schedule.next = now + interval;
+            let digest = ring::digest::digest(&ring::digest::SHA256, &fetched.body);
+            if schedule.last_body.as_ref().map(|d| d.as_ref()) == Some(digest.as_ref()) {
+                return;
+            }
+            schedule.last_body = Some(digest);
+            tracing::info!(issuer = %source.name, url = %url.text, kids = %keys.kids().join(","), next_refresh = ?interval, "JWKS loaded");
+            let keys = Arc::new(keys);
+            let mut published = shared.lock().expect("auth state lock");
+            let Some(at) = published.sources.iter().position(|s| s == source) else {
+                return;
+            };
+            published.publish(|old| {
+                let mut all = old.keys.to_vec();
+                all[at] = Some(keys);
+                AuthState {
+                    epoch: 0,
+                    credentials: old.credentials.clone(),
+                    keys: all.into(),
+                }
+            });
+        }
+        Err(error) => {
+            schedule.next = now + source.min_refresh;
+            tracing::warn!(issuer = %source.name, url = %url.text, %error, retry_in = ?source.min_refresh, "JWKS fetch failed: keeping the last good keys");
+        }
+    }
+}
