@@ -7,6 +7,7 @@
 //! [`demo`] the built-in demo upstream, [`observe`] logging.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -1,4 +1,5 @@
-//! The `credentialflow` command: `run` the gateway, `check` a config, or start the `demo`.
+//! The `credentialflow` command: `run` the gateway, `check` a config, start the `demo`, and
+//! the credential helpers (`key new`, `basic new`, `jwk new`, `token mint`).
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -33,6 +34,93 @@ enum Command {
         #[arg(short, long, default_value = "config/demo.toml")]
         config: PathBuf,
     },
+    /// API keys: `key new` issues one.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Basic credentials: `basic new` hashes a password read from stdin.
+    Basic {
+        #[command(subcommand)]
+        command: BasicCommand,
+    },
+    /// JSON Web Keys: `jwk new` makes a signing key and its JWKS.
+    Jwk {
+        #[command(subcommand)]
+        command: JwkCommand,
+    },
+    /// JWTs: `token mint` signs one (for tests and demos).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Issue an API key: print it once, with the credential entry to add to the config.
+    New {
+        #[arg(short, long, default_value = "config/credentialflow.toml")]
+        config: PathBuf,
+        /// The consumer the key belongs to.
+        #[arg(long)]
+        consumer: String,
+        /// Print `{"key": "cf_…", "credential": {"kind": "api_key", "id": "…", "hash": "…"}}`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BasicCommand {
+    /// Hash the password on the first line of stdin for a Basic credential.
+    New {
+        #[arg(long)]
+        consumer: String,
+        #[arg(long)]
+        username: String,
+        #[arg(long, default_value_t = credentialflow::auth::basic::DEFAULT_ITERATIONS)]
+        iterations: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum JwkCommand {
+    /// Make a signing key (or read one with --key) and write it and its public JWKS.
+    New {
+        #[arg(long)]
+        alg: String,
+        #[arg(long, default_value = "key-1")]
+        kid: String,
+        /// An existing private key (PEM; required for RS*/PS*).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        out_private: PathBuf,
+        #[arg(long)]
+        out_jwks: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Sign a JWT with a private key.
+    Mint {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        alg: String,
+        #[arg(long)]
+        kid: Option<String>,
+        /// Claims as a JSON object; `iat` and `exp` are added unless present.
+        #[arg(long, default_value = "{}")]
+        claims: String,
+        /// Lifetime for `exp`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +138,43 @@ fn main() -> ExitCode {
             None => 1,
         },
         Command::Demo { config } => credentialflow::demo::run(&config),
+        Command::Key {
+            command:
+                KeyCommand::New {
+                    config,
+                    consumer,
+                    json,
+                },
+        } => credentialflow::cli::key_new(&config, &consumer, json),
+        Command::Basic {
+            command:
+                BasicCommand::New {
+                    consumer,
+                    username,
+                    iterations,
+                    json,
+                },
+        } => credentialflow::cli::basic_new(&consumer, &username, iterations, json),
+        Command::Jwk {
+            command:
+                JwkCommand::New {
+                    alg,
+                    kid,
+                    key,
+                    out_private,
+                    out_jwks,
+                },
+        } => credentialflow::cli::jwk_new(&alg, &kid, key.as_deref(), &out_private, &out_jwks),
+        Command::Token {
+            command:
+                TokenCommand::Mint {
+                    key,
+                    alg,
+                    kid,
+                    claims,
+                    ttl,
+                },
+        } => credentialflow::cli::token_mint(&key, &alg, kid.as_deref(), &claims, &ttl),
     };
     ExitCode::from(code as u8)
 }

@@ -1,0 +1,174 @@
+//! The credential helper commands: issue an API key (`key new`), hash a Basic password
+//! (`basic new`), make a signing key and its JWKS (`jwk new`), and sign a token (`token mint`).
+//! Each returns the process exit code and prints errors to stderr.
+
+use crate::auth::api_key;
+use crate::auth::basic::PasswordHash;
+use crate::auth::keygen::SigningKey;
+use crate::auth::keys::Algorithm;
+use crate::auth::unix_now;
+use crate::config::parse_duration;
+use crate::demo::json_string;
+use std::io::BufRead;
+use std::path::Path;
+
+fn fail(message: impl std::fmt::Display) -> i32 {
+    eprintln!("{message}");
+    1
+}
+
+/// `key new`: issues a key, hashed with the config's pepper.
+pub fn key_new(config: &Path, consumer: &str, json: bool) -> i32 {
+    let Some(config) = crate::control::load_config(config) else {
+        return 1;
+    };
+    let Some(pepper) = &config.resolved.pepper else {
+        return fail(format!(
+            "no pepper: set auth.key_pepper_file in the config or the {} environment variable",
+            crate::config::PEPPER_ENV
+        ));
+    };
+    let issued = api_key::issue();
+    let hash = api_key::hash_hex(&pepper.hash(issued.secret.as_bytes()));
+    if json {
+        println!(
+            "{{\"key\":{},\"credential\":{{\"kind\":\"api_key\",\"id\":{},\"hash\":{}}}}}",
+            json_string(&issued.key),
+            json_string(&issued.id),
+            json_string(&hash)
+        );
+        return 0;
+    }
+    println!(
+        "API key for `{consumer}` (shown once; store it now):\n\n  {}\n",
+        issued.key
+    );
+    let known = config.resolved.credentials.consumer(consumer).is_some();
+    if !known {
+        println!(
+            "Add the consumer and its credential to the config:\n\n[[consumers]]\nid = {}",
+            json_string(consumer)
+        );
+    } else {
+        println!("Add the credential under the consumer `{consumer}` in the config:\n");
+    }
+    println!(
+        "[[consumers.credentials]]\nkind = \"api_key\"\nid = {}\nhash = {}",
+        json_string(&issued.id),
+        json_string(&hash)
+    );
+    0
+}
+
+/// `basic new`: hashes the password on stdin's first line.
+pub fn basic_new(consumer: &str, username: &str, iterations: u32, json: bool) -> i32 {
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return fail("cannot read the password from stdin");
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return fail("the password (first line of stdin) is empty");
+    }
+    let hash = PasswordHash::new(password.as_bytes(), iterations).encode();
+    if json {
+        println!(
+            "{{\"credential\":{{\"kind\":\"basic\",\"username\":{},\"hash\":{}}}}}",
+            json_string(username),
+            json_string(&hash)
+        );
+    } else {
+        println!("# for the consumer `{consumer}`\n[[consumers.credentials]]\nkind = \"basic\"\nusername = {}\nhash = {}", json_string(username), json_string(&hash));
+    }
+    0
+}
+
+fn algorithm(name: &str) -> Result<Algorithm, String> {
+    Algorithm::from_name(name.as_bytes()).ok_or_else(|| {
+        format!("unknown algorithm `{name}` (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA)")
+    })
+}
+
+/// `jwk new`: writes the private key and a JWKS holding its public key.
+pub fn jwk_new(
+    alg: &str,
+    kid: &str,
+    key: Option<&Path>,
+    out_private: &Path,
+    out_jwks: &Path,
+) -> i32 {
+    let alg = match algorithm(alg) {
+        Ok(alg) => alg,
+        Err(e) => return fail(e),
+    };
+    let signing = match key {
+        Some(path) => std::fs::read(path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .and_then(|pem| SigningKey::from_pem(alg, &pem)),
+        None => SigningKey::generate(alg),
+    };
+    let signing = match signing {
+        Ok(k) => k,
+        Err(e) => return fail(e),
+    };
+    let jwks = format!("{{\"keys\":[{}]}}\n", signing.jwk(alg, kid));
+    if let Err(e) = write_private(out_private, signing.private_pem().as_bytes()) {
+        return fail(format!("{}: {e}", out_private.display()));
+    }
+    if let Err(e) = std::fs::write(out_jwks, jwks) {
+        return fail(format!("{}: {e}", out_jwks.display()));
+    }
+    println!(
+        "private key: {} (keep it secret)\nJWKS: {} (kid {kid}, alg {})",
+        out_private.display(),
+        out_jwks.display(),
+        alg.name()
+    );
+    if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+        println!(
+            "note: an HMAC JWKS holds the shared secret itself; protect it like the private key"
+        );
+    }
+    0
+}
+
+/// Writes a file readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+/// `token mint`: prints a signed token.
+pub fn token_mint(key: &Path, alg: &str, kid: Option<&str>, claims: &str, ttl: &str) -> i32 {
+    let result = (|| -> Result<String, String> {
+        let alg = algorithm(alg)?;
+        let pem = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+        let signing = SigningKey::from_pem(alg, &pem)?;
+        let mut claims: serde_json::Value =
+            serde_json::from_str(claims).map_err(|e| format!("--claims: {e}"))?;
+        let object = claims
+            .as_object_mut()
+            .ok_or("--claims must be a JSON object")?;
+        let ttl = parse_duration(ttl)?;
+        let now = unix_now();
+        object.entry("iat").or_insert(now.into());
+        object
+            .entry("exp")
+            .or_insert((now + ttl.as_secs() as i64).into());
+        signing.mint(alg, kid, &claims)
+    })();
+    match result {
+        Ok(token) => {
+            println!("{token}");
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
