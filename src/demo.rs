@@ -22,6 +22,14 @@ pub fn run(config_path: &Path) -> i32 {
             BUNDLED_DEMO_CONFIG.to_string(),
         ),
     };
+    let credentials = match demo_credentials() {
+        Ok(credentials) => credentials,
+        Err(err) => {
+            eprintln!("demo: cannot make demo credentials: {err}");
+            return 1;
+        }
+    };
+    let source = format!("{source}\n{}", credentials.toml);
     let config = match Config::parse(&name, &source) {
         Ok(config) => config,
         Err(errors) => {
@@ -58,7 +66,80 @@ pub fn run(config_path: &Path) -> i32 {
         println!("  curl -i -X POST --data 'hello gateway' http://{address}/echo/items");
         println!("  curl -i http://{address}/nowhere            # 404 problem+json");
         println!("  curl -i -X DELETE http://{address}/echo/x   # 405 with Allow");
+        println!("Protected API (API key or JWT; the upstream sees X-Consumer-Id, never the credential):");
+        println!(
+            "  curl -i -H 'X-API-Key: {}' http://{address}/orders/1",
+            credentials.api_key
+        );
+        println!(
+            "  curl -i -H 'Authorization: Bearer {}' http://{address}/orders/1",
+            credentials.token
+        );
+        println!("  curl -i http://{address}/orders/1           # 401 missing_credential");
         println!("Stop with Ctrl-C.");
+    })
+}
+
+/// Credentials made for one demo run: a pepper, an API key, an ES256 issuer and a token.
+struct DemoCredentials {
+    toml: String,
+    api_key: String,
+    token: String,
+}
+
+fn demo_credentials() -> Result<DemoCredentials, String> {
+    use crate::auth::keygen::SigningKey;
+    use crate::auth::keys::{random_bytes, Algorithm};
+    let mut pepper = [0u8; 32];
+    random_bytes(&mut pepper);
+    let pepper_hex: String = pepper.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("credentialflow-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let pepper_file = dir.join("pepper");
+    std::fs::write(&pepper_file, &pepper_hex).map_err(|e| e.to_string())?;
+    let pepper = crate::auth::api_key::Pepper::new(pepper_hex.as_bytes())?;
+    let issued = crate::auth::api_key::issue();
+    let hash = crate::auth::api_key::hash_hex(&pepper.hash(issued.secret.as_bytes()));
+    let key = SigningKey::generate(Algorithm::ES256)?;
+    let jwks_file = dir.join("demo.jwks");
+    std::fs::write(
+        &jwks_file,
+        format!("{{\"keys\":[{}]}}", key.jwk(Algorithm::ES256, "demo-1")),
+    )
+    .map_err(|e| e.to_string())?;
+    let now = crate::auth::unix_now();
+    let claims = serde_json::json!({
+        "iss": "https://idp.demo", "aud": "orders-api", "sub": "demo-user",
+        "email": "demo@example.com", "iat": now, "exp": now + 24 * 3600,
+    });
+    let token = key.mint(Algorithm::ES256, Some("demo-1"), &claims)?;
+    let toml = format!(
+        r#"
+[auth]
+key_pepper_file = {pepper}
+
+[[issuers]]
+name = "demo"
+issuer = "https://idp.demo"
+audiences = ["orders-api"]
+jwks_file = {jwks}
+claim_headers = {{ email = "X-User-Email" }}
+
+[[consumers]]
+id = "demo-app"
+[[consumers.credentials]]
+kind = "api_key"
+id = "{id}"
+hash = "{hash}"
+"#,
+        pepper = json_string(&pepper_file.display().to_string()),
+        jwks = json_string(&jwks_file.display().to_string()),
+        id = issued.id,
+    );
+    Ok(DemoCredentials {
+        toml,
+        api_key: issued.key,
+        token,
     })
 }
 
@@ -216,6 +297,11 @@ mod tests {
 
     #[test]
     fn bundled_demo_config_is_valid() {
-        Config::parse("demo.toml", BUNDLED_DEMO_CONFIG).unwrap();
+        let credentials = demo_credentials().unwrap();
+        Config::parse(
+            "demo.toml",
+            &format!("{BUNDLED_DEMO_CONFIG}\n{}", credentials.toml),
+        )
+        .unwrap();
     }
 }
