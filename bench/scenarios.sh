@@ -33,6 +33,7 @@ scenario_reset() {
     S_CFLOW_TOP=""         # top-level TOML (e.g. [[issuers]] tables), appended to the file
     S_CFLOW_LISTENER=""    # keys inside the [[listeners]] table (e.g. TLS)
     S_CFLOW_ROUTE=""       # keys inside the [[apis.routes]] table (e.g. auth, scopes)
+    S_NGINX_HTTP=""        # directives inside nginx's http {} (e.g. a map)
     S_NGINX_SERVER=""      # directives inside the proxy's server {}
     S_NGINX_LOCATION=""    # directives inside its location / {}
     S_HAPROXY_GLOBAL=""    # lines in the global section (e.g. tune.* settings)
@@ -118,37 +119,143 @@ scenario_tls_handshake_resumed() {
     S_RATE=1000
 }
 
-# JWT RS256 verification (signature only) in front of GET /. haproxy verifies with jwt_verify;
-# nginx (open-source) cannot verify JWTs; Credentialflow has no JWT verification yet.
-scenario_jwt_rs256() {
-    S_DESC="GET / with \`Authorization: Bearer <RS256 JWT>\`, signature verified at the proxy."
-    S_SETUP="setup_jwt_rs256"
-    S_HEADER_FILE="$ASSETS/jwt/header-valid.txt"
+# --- Authentication ----------------------------------------------------------------------------
+#
+# Credentialflow authenticates with its own config ([auth], [[issuers]], [[consumers]]); haproxy
+# verifies the same tokens with jwt_verify (signature only) and looks API keys up in a map file;
+# nginx (open-source) has no JWT verification and looks the API key up in a map. Keys and
+# tokens are made once per bench run in $ASSETS/auth by `credentialflow key new` / `jwk new` /
+# `token mint` (tokens are minted with the jsonwebtoken library, not by the verifier).
+
+auth_common() {
     S_EXPECT_BODY="hello from upstream"
-    S_REJECT_CHECKS=("" "-H @$ASSETS/jwt/header-tampered.txt")
-    S_HAPROXY_FRONTEND="http-request deny unless { http_auth_bearer,jwt_verify(\"RS256\",\"$ASSETS/jwt/pub.pem\") -m int 1 }"
-    S_SKIP=("credentialflow: JWT verification not implemented yet"
-            "nginx: open-source nginx has no JWT verification"
-            "direct: the upstream does not verify tokens")
+    S_SETUP="setup_auth"
+    S_SKIP=("direct: the upstream does not authenticate")
 }
 
-setup_jwt_rs256() {
-    local dir="$ASSETS/jwt"
+# jwt_common ALG: Bearer tokens of ALG, one token reused.
+jwt_common() {
+    local alg=$1 lower=${1,,}
+    auth_common
+    S_HEADER_FILE="$ASSETS/auth/$lower-header.txt"
+    S_REJECT_CHECKS=("" "-H @$ASSETS/auth/$lower-tampered.txt")
+    S_CFLOW_ROUTE='auth = ["jwt:bench"]'
+    S_CFLOW_TOP="[auth]
+key_pepper_file = \"$ASSETS/auth/pepper\"
+
+[[issuers]]
+name = \"bench\"
+issuer = \"https://idp.bench\"
+audiences = [\"bench\"]
+jwks_file = \"$ASSETS/auth/$lower.jwks\""
+    if [[ $alg == HS256 ]]; then
+        S_HAPROXY_FRONTEND="http-request deny unless { http_auth_bearer,jwt_verify(\"HS256\",\"$(cat "$ASSETS/auth/hs256.secret" 2>/dev/null)\") -m int 1 }"
+    else
+        S_HAPROXY_FRONTEND="http-request deny unless { http_auth_bearer,jwt_verify(\"$alg\",\"$ASSETS/auth/$lower-pub.pem\") -m int 1 }"
+    fi
+    S_SKIP+=("nginx: open-source nginx has no JWT verification")
+}
+
+# API key in X-API-Key: Credentialflow looks the key id up and checks its HMAC; nginx and
+# haproxy look the whole key up in a map.
+scenario_api_key() {
+    auth_common
+    S_DESC="GET / with \`X-API-Key: cf_…\`: key looked up and checked at the proxy (nginx/haproxy: map lookup of the key)."
+    S_HEADER_FILE="$ASSETS/auth/api-key-header.txt"
+    S_REJECT_CHECKS=("" "-H X-API-Key:cf_wrongwrongwr_0123456789abcdef0123456789abcdef")
+    S_CFLOW_ROUTE='auth = ["api_key"]'
+    S_CFLOW_TOP="[auth]
+key_pepper_file = \"$ASSETS/auth/pepper\"
+
+$(cat "$ASSETS/auth/consumer.toml" 2>/dev/null)"
+    S_NGINX_HTTP="map \$http_x_api_key \$api_key_ok { default 0; include $ASSETS/auth/nginx-keys.map; }"
+    S_NGINX_SERVER="if (\$api_key_ok = 0) { return 401; }"
+    S_HAPROXY_FRONTEND="http-request deny deny_status 401 unless { req.hdr(x-api-key),map_str($ASSETS/auth/haproxy-keys.map) -m found }"
+}
+
+scenario_jwt_hs256() {
+    jwt_common HS256
+    S_DESC="GET / with \`Authorization: Bearer <HS256 JWT>\` (one token reused), verified at the proxy."
+}
+
+scenario_jwt_rs256() {
+    jwt_common RS256
+    S_DESC="GET / with \`Authorization: Bearer <RS256 JWT>\` (RSA-2048, one token reused), verified at the proxy."
+}
+
+scenario_jwt_es256() {
+    jwt_common ES256
+    S_DESC="GET / with \`Authorization: Bearer <ES256 JWT>\` (P-256, one token reused), verified at the proxy."
+}
+
+# 10 000 distinct RS256 tokens, request i carries token i mod 10 000: Credentialflow's per-core
+# cache holds them all (entries 65 536), haproxy verifies every request.
+scenario_jwt_rs256_distinct() {
+    jwt_common RS256
+    S_DESC="GET / with one of 10 000 distinct RS256 tokens per request (rotated), verified-token cache on."
+    S_HEADER_FILE="$ASSETS/auth/rs256-distinct.txt"
+}
+
+# Every request verifies its signature: Credentialflow's cache is off.
+scenario_jwt_rs256_nocache() {
+    jwt_common RS256
+    S_DESC="GET / with \`Authorization: Bearer <RS256 JWT>\`, verified-token cache disabled: every request verifies the signature."
+    S_CFLOW_TOP="[apis.token_cache]
+entries = 0
+
+$S_CFLOW_TOP"
+}
+
+setup_auth() {
+    local dir="$ASSETS/auth" cf="$CFLOW_BIN"
+    [[ -f $dir/done ]] && return 0
     mkdir -p "$dir"
-    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$dir/key.pem" 2>/dev/null
-    openssl pkey -in "$dir/key.pem" -pubout -out "$dir/pub.pem"
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/pepper"
+    # A config that only names the pepper, for `key new`.
+    printf '[auth]\nkey_pepper_file = "%s"\n[[listeners]]\nname = "x"\naddress = "127.0.0.1:1"\n' "$dir/pepper" >"$dir/keygen.toml"
+    "$cf" key new -c "$dir/keygen.toml" --consumer bench --json >"$dir/key.json"
     python3 - "$dir" <<'PY'
-import base64, json, subprocess, sys, time
+import json, sys
 d = sys.argv[1]
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-head = b64(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
-body = b64(json.dumps({"sub": "bench", "aud": "bench", "exp": int(time.time()) + 86400}).encode())
-signing_input = f"{head}.{body}".encode()
-sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", f"{d}/key.pem"],
-                     input=signing_input, capture_output=True, check=True).stdout
-token = f"{head}.{body}.{b64(sig)}"
-tampered = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
-open(f"{d}/header-valid.txt", "w").write(f"Authorization: Bearer {token}\n")
-open(f"{d}/header-tampered.txt", "w").write(f"Authorization: Bearer {tampered}\n")
+k = json.load(open(f"{d}/key.json"))
+c = k["credential"]
+open(f"{d}/consumer.toml", "w").write(
+    f'[[consumers]]\nid = "bench"\n[[consumers.credentials]]\nkind = "api_key"\nid = "{c["id"]}"\nhash = "{c["hash"]}"\n')
+open(f"{d}/api-key-header.txt", "w").write(f"X-API-Key: {k['key']}\n")
+open(f"{d}/nginx-keys.map", "w").write(f'"{k["key"]}" 1;\n')
+open(f"{d}/haproxy-keys.map", "w").write(f'{k["key"]} 1\n')
 PY
+    # Signing keys: RSA from openssl (also the PEM haproxy verifies with), EC and HMAC generated.
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$dir/rs256.pem" 2>/dev/null
+    "$cf" jwk new --alg RS256 --kid k1 --key "$dir/rs256.pem" --out-private "$dir/rs256-key.pem" --out-jwks "$dir/rs256.jwks" >/dev/null
+    "$cf" jwk new --alg ES256 --kid k1 --out-private "$dir/es256.pem" --out-jwks "$dir/es256.jwks" >/dev/null
+    openssl pkey -in "$dir/rs256.pem" -pubout -out "$dir/rs256-pub.pem"
+    openssl pkey -in "$dir/es256.pem" -pubout -out "$dir/es256-pub.pem"
+    # HMAC: a printable secret (haproxy takes the secret itself as jwt_verify's argument).
+    head -c 48 /dev/urandom | base64 | tr -d '/+=\n' | head -c 48 >"$dir/hs256.secret"
+    python3 - "$dir" <<'PY'
+import base64, sys
+d = sys.argv[1]
+secret = open(f"{d}/hs256.secret", "rb").read()
+k = base64.urlsafe_b64encode(secret).rstrip(b"=").decode()
+open(f"{d}/hs256.key", "w").write(k + "\n")
+open(f"{d}/hs256.jwks", "w").write('{"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":"%s"}]}\n' % k)
+PY
+    local claims='{"iss":"https://idp.bench","aud":"bench","sub":"bench-user"}' alg lower key
+    for alg in HS256 RS256 ES256; do
+        lower=${alg,,}
+        key="$dir/$lower.pem"; [[ $alg == HS256 ]] && key="$dir/hs256.key"
+        "$cf" token mint --key "$key" --alg "$alg" --kid k1 --claims "$claims" --ttl 24h >"$dir/$lower.token"
+        printf 'Authorization: Bearer %s\n' "$(cat "$dir/$lower.token")" >"$dir/$lower-header.txt"
+        python3 - "$dir/$lower.token" "$dir/$lower-tampered.txt" <<'PY'
+import sys
+t = open(sys.argv[1]).read().strip()
+h, p, s = t.split(".")
+s = s[:-4] + ("AAAA" if not s.endswith("AAAA") else "BBBB")
+open(sys.argv[2], "w").write(f"Authorization: Bearer {h}.{p}.{s}\n")
+PY
+    done
+    "$cf" token mint --key "$dir/rs256.pem" --alg RS256 --kid k1 --claims "$claims" --ttl 24h --count 10000 |
+        sed 's/^/Authorization: Bearer /' >"$dir/rs256-distinct.txt"
+    touch "$dir/done"
 }

@@ -145,8 +145,15 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)
 }
 
-/// `token mint`: prints a signed token.
-pub fn token_mint(key: &Path, alg: &str, kid: Option<&str>, claims: &str, ttl: &str) -> i32 {
+/// `token mint`: prints `count` signed tokens (with distinct `jti` when more than one).
+pub fn token_mint(
+    key: &Path,
+    alg: &str,
+    kid: Option<&str>,
+    claims: &str,
+    ttl: &str,
+    count: usize,
+) -> i32 {
     let result = (|| -> Result<String, String> {
         let alg = algorithm(alg)?;
         let pem = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
@@ -162,7 +169,18 @@ pub fn token_mint(key: &Path, alg: &str, kid: Option<&str>, claims: &str, ttl: &
         object
             .entry("exp")
             .or_insert((now + ttl.as_secs() as i64).into());
-        signing.mint(alg, kid, &claims)
+        if count <= 1 {
+            return signing.mint(alg, kid, &claims);
+        }
+        let mut out = String::new();
+        for n in 0..count {
+            claims["jti"] = format!("t{n}").into();
+            out.push_str(&signing.mint(alg, kid, &claims)?);
+            if n + 1 < count {
+                out.push('\n');
+            }
+        }
+        Ok(out)
     })();
     match result {
         Ok(token) => {

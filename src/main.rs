@@ -120,6 +120,9 @@ enum TokenCommand {
         /// Lifetime for `exp`.
         #[arg(long, default_value = "1h")]
         ttl: String,
+        /// Print this many tokens, one per line, each with its own `jti`.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
     },
 }
 
@@ -173,8 +176,9 @@ fn main() -> ExitCode {
                     kid,
                     claims,
                     ttl,
+                    count,
                 },
-        } => credentialflow::cli::token_mint(&key, &alg, kid.as_deref(), &claims, &ttl),
+        } => credentialflow::cli::token_mint(&key, &alg, kid.as_deref(), &claims, &ttl, count),
     };
     ExitCode::from(code as u8)
 }

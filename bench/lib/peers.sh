@@ -211,6 +211,7 @@ $(nginx_common_paths "$1")
         keepalive_requests 1000000000;
         keepalive_timeout 240s;
     }
+    $S_NGINX_HTTP
     server {
         $listen;
         $tls

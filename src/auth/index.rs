@@ -371,4 +371,58 @@ mod tests {
         assert!(index.jwt_subject("corp", "u1", &mut buf).is_some());
         assert!(index.jwt_subject("corp", "u2", &mut buf).is_none());
     }
+
+    fn rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Memory and build time of an index of one million API keys (one consumer each), as
+    /// documented in docs/ARCHITECTURE.md. Run with
+    /// `cargo test --release --lib index_of_one_million_keys -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn index_of_one_million_keys() {
+        const N: usize = 1_000_000;
+        let before = rss_kib();
+        let started = std::time::Instant::now();
+        let mut index = CredentialIndex::default();
+        for i in 0..N {
+            let id = format!("k{i:011}");
+            let owner = consumer(&format!("consumer-{i}"));
+            index.add_consumer(owner.clone()).unwrap();
+            index
+                .add(Handle::ApiKey(id.clone()), key(&id, &owner))
+                .unwrap();
+        }
+        let built = started.elapsed();
+        let after = rss_kib();
+        let started = std::time::Instant::now();
+        let mut next = index.clone();
+        next.put(
+            Handle::ApiKey("k00000000007".into()),
+            key("k00000000007", &consumer("x")),
+        );
+        let update = started.elapsed();
+        let started = std::time::Instant::now();
+        let mut found = 0;
+        for i in (0..N).step_by(7) {
+            found += usize::from(index.api_key(&format!("k{i:011}")).is_some());
+        }
+        let lookups = started.elapsed();
+        println!(
+            "{N} API keys: {:.0} bytes per key (with its consumer), built in {:.2} s; one update {:.2} ms; lookup {:.0} ns",
+            (after.saturating_sub(before) * 1024) as f64 / N as f64,
+            built.as_secs_f64(),
+            update.as_secs_f64() * 1e3,
+            lookups.as_nanos() as f64 / found as f64
+        );
+        assert_eq!(index.counts().1, N);
+    }
 }

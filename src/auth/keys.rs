@@ -94,6 +94,8 @@ impl AlgorithmSet {
 }
 
 /// The public (or, for HMAC, shared) material of one key.
+// One value per key of a JWKS: the HMAC variant's size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum KeyMaterial {
     /// `kty: oct`: one ring key per HMAC digest, built once.
     Hmac {

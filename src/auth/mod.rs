@@ -471,7 +471,9 @@ impl Ctx<'_> {
                 }
             }
         }
-        if let (Some(param), Some(query)) = (&route.api_key_query, request.query) {
+        if let (true, Some(param), Some(query)) =
+            (route.api_key, &route.api_key_query, request.query)
+        {
             if let Some(key) = query_param(query, param) {
                 return self.api_key(cache, key.as_bytes(), Source::Query);
             }
@@ -507,7 +509,7 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn from_cache(&self, cache: &mut VerifiedCache, key: &cache::CacheKey) -> Option<Outcome> {
+    fn cached(&self, cache: &mut VerifiedCache, key: &cache::CacheKey) -> Option<Outcome> {
         match cache.get(key, self.now)? {
             Cached::Verified(identity) => {
                 if identity.method == Method::Jwt && !self.route.accepts_issuer(identity.issuer) {
@@ -521,7 +523,7 @@ impl Ctx<'_> {
 
     fn api_key(&self, cache: &mut VerifiedCache, key: &[u8], source: Source) -> Outcome {
         let digest = cache_key(b"api_key", key);
-        if let Some(outcome) = self.from_cache(cache, &digest) {
+        if let Some(outcome) = self.cached(cache, &digest) {
             return with_source(outcome, source);
         }
         let (Some(presented), Some(pepper)) = (api_key::parse(key), &self.config.pepper) else {
@@ -550,7 +552,7 @@ impl Ctx<'_> {
 
     fn certificate(&self, cache: &mut VerifiedCache, cert: &ClientIdentity) -> Outcome {
         let digest = cache_key(b"mtls", cert.fingerprint_sha256.as_bytes());
-        if let Some(outcome) = self.from_cache(cache, &digest) {
+        if let Some(outcome) = self.cached(cache, &digest) {
             return with_source(outcome, Source::Certificate);
         }
         let Some(credential) = mtls::find(&self.state.credentials, cert) else {
@@ -570,7 +572,7 @@ impl Ctx<'_> {
 
     fn basic(&self, cache: &mut VerifiedCache, value: &[u8]) -> Outcome {
         let digest = cache_key(b"basic", value);
-        if let Some(outcome) = self.from_cache(cache, &digest) {
+        if let Some(outcome) = self.cached(cache, &digest) {
             return outcome;
         }
         let mut decoded = Vec::new();
@@ -656,7 +658,7 @@ impl Ctx<'_> {
             return Outcome::Refuse(Reason::InvalidCredential);
         }
         let digest = cache_key(b"jwt", token);
-        if let Some(outcome) = self.from_cache(cache, &digest) {
+        if let Some(outcome) = self.cached(cache, &digest) {
             return outcome;
         }
         match self.verify_jwt(token) {

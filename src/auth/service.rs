@@ -73,6 +73,8 @@ impl Published {
 pub struct AuthService {
     shared: Arc<Mutex<Published>>,
     links: AuthLinks,
+    /// The refetch queue, until the refresher thread takes it.
+    requests: Mutex<Option<Receiver<Refetch>>>,
 }
 
 fn sources(config: &Config) -> Vec<KeySource> {
@@ -136,17 +138,13 @@ impl AuthService {
             cores: Vec::new(),
         }));
         let (refetch, requests) = crossbeam_channel::bounded(1024);
-        let refresher = shared.clone();
-        std::thread::Builder::new()
-            .name("cflow-jwks".into())
-            .spawn(move || refresh_loop(refresher, requests))
-            .expect("spawn the JWKS refresher thread");
         AuthService {
             shared,
             links: AuthLinks {
                 refetch,
                 checker: basic::Checker::start(),
             },
+            requests: Mutex::new(Some(requests)),
         }
     }
 
@@ -160,9 +158,17 @@ impl AuthService {
         self.shared.lock().expect("auth state lock").state.clone()
     }
 
-    /// Publishes future changes to these cores.
+    /// Publishes future changes to these cores and starts the JWKS refresher: keys fetched
+    /// from now on reach every core (none can be published to a core list not yet complete).
     pub fn attach(&self, cores: Vec<ControlSender>) {
         self.shared.lock().expect("auth state lock").cores = cores;
+        if let Some(requests) = self.requests.lock().expect("refetch queue lock").take() {
+            let refresher = self.shared.clone();
+            std::thread::Builder::new()
+                .name("cflow-jwks".into())
+                .spawn(move || refresh_loop(refresher, requests))
+                .expect("spawn the JWKS refresher thread");
+        }
     }
 
     /// Builds the state for a reloaded `config` and runs `apply` with it while no key update
@@ -184,7 +190,8 @@ impl AuthService {
 struct Schedule {
     source: KeySource,
     next: Instant,
-    last_fetch: Option<Instant>,
+    /// When an unknown `kid` last caused a fetch (the cooldown counts from it).
+    last_refetch: Option<Instant>,
     last_body: Option<ring::digest::Digest>,
 }
 
@@ -199,7 +206,7 @@ fn refresh_loop(shared: Arc<Mutex<Published>>, requests: Receiver<Refetch>) {
                 schedules.push(Schedule {
                     source,
                     next: Instant::now(),
-                    last_fetch: None,
+                    last_refetch: None,
                     last_body: None,
                 });
             }
@@ -221,10 +228,11 @@ fn refresh_loop(shared: Arc<Mutex<Published>>, requests: Receiver<Refetch>) {
                     .find(|s| *s.source.name == *request.issuer)
                 {
                     let cooled = schedule
-                        .last_fetch
+                        .last_refetch
                         .is_none_or(|at| now.duration_since(at) >= schedule.source.cooldown);
                     if cooled {
                         tracing::info!(issuer = %schedule.source.name, "unknown key id: refetching the JWKS");
+                        schedule.last_refetch = Some(now);
                         schedule.next = now;
                     }
                 }
@@ -239,7 +247,6 @@ fn fetch_and_publish(shared: &Arc<Mutex<Published>>, schedule: &mut Schedule) {
     let source = &schedule.source;
     let Some(url) = &source.url else { return };
     let now = Instant::now();
-    schedule.last_fetch = Some(now);
     let fetched = jwks::fetch(url, FETCH_TIMEOUT).and_then(|fetched| {
         KeySet::parse(&fetched.body, source.allowed, true)
             .map(|keys| (keys, fetched))

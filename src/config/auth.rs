@@ -301,8 +301,8 @@ impl super::Config {
     /// pepper, the JWKS files and the credential index into `resolved`.
     pub(super) fn validate_auth(&mut self, p: &mut Problems<'_>) {
         for (number, line) in p.source.lines().enumerate() {
-            let code = line.split('#').next().unwrap_or("");
-            if let Some(what) = plaintext_secret(code) {
+            // Comments included: a key pasted into a comment is just as leaked.
+            if let Some(what) = plaintext_secret(line) {
                 let message = format!(
                     "line holds what looks like {what}: secrets never go in the config (store API keys as `hash`, issued by `credentialflow key new`)"
                 );
