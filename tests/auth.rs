@@ -8,6 +8,7 @@ mod common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use common::pki::{client_config, Ca, Issued, BOTH};
 use common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -1421,6 +1422,15 @@ fn line_of(text: &str, needle: &str) -> usize {
         + 1
 }
 
+/// Runs `check` on `config_text`: it must fail and name the line holding `needle`.
+fn assert_refused_at(config_text: &str, needle: &str) -> CliOutput {
+    let (file, out) = check(config_text);
+    assert_eq!(out.code(), Some(1), "{}", out.combined());
+    let at = format!("{}:{}", file.path_str(), line_of(config_text, needle));
+    assert!(out.stderr.contains(&at), "expected {at} in {}", out.stderr);
+    out
+}
+
 #[test]
 fn check_refuses_plaintext_keys_missing_pepper_and_unknown_issuers() {
     let pepper = pepper_file();
@@ -1483,18 +1493,12 @@ fn check_refuses_plaintext_keys_missing_pepper_and_unknown_issuers() {
 
     // A key anywhere else on a line (here a consumer group).
     let bad = base(&format!("groups = [\"{}\"]\n", key.key));
-    let (file, out) = check(&bad);
-    assert_eq!(out.code(), Some(1), "{}", out.combined());
-    let at = format!("{}:{}", file.path_str(), line_of(&bad, &key.key));
-    assert!(out.stderr.contains(&at), "expected {at} in {}", out.stderr);
+    assert_refused_at(&bad, &key.key);
 
     // A JWT pasted into the config.
     let token = jwk_new("k1").mint(&claims("alice"));
     let bad = base(&format!("groups = [\"{token}\"]\n"));
-    let (file, out) = check(&bad);
-    assert_eq!(out.code(), Some(1), "{}", out.combined());
-    let at = format!("{}:{}", file.path_str(), line_of(&bad, &token));
-    assert!(out.stderr.contains(&at), "expected {at} in {}", out.stderr);
+    assert_refused_at(&bad, &token);
 
     // api_key on a route and no pepper anywhere.
     let no_pepper = config(
@@ -1503,10 +1507,7 @@ fn check_refuses_plaintext_keys_missing_pepper_and_unknown_issuers() {
         &[("/", "auth = [\"api_key\"]")],
         "",
     );
-    let (file, out) = check(&no_pepper);
-    assert_eq!(out.code(), Some(1), "{}", out.combined());
-    let at = format!("{}:{}", file.path_str(), line_of(&no_pepper, "api_key"));
-    assert!(out.stderr.contains(&at), "expected {at} in {}", out.stderr);
+    let out = assert_refused_at(&no_pepper, "api_key");
     assert!(out.stderr.contains("pepper"), "{}", out.stderr);
 
     // An api_key credential and no pepper.
@@ -1531,10 +1532,7 @@ fn check_refuses_plaintext_keys_missing_pepper_and_unknown_issuers() {
         &[("/", "auth = [\"api_key\"]")],
         &format!("[auth]\nkey_pepper_file = \"{}\"\n", file_name(&short)),
     );
-    let (file, out) = check(&cfg);
-    assert_eq!(out.code(), Some(1), "{}", out.combined());
-    let at = format!("{}:{}", file.path_str(), line_of(&cfg, "key_pepper_file"));
-    assert!(out.stderr.contains(&at), "expected {at} in {}", out.stderr);
+    assert_refused_at(&cfg, "key_pepper_file");
 
     // jwt:<name> naming no issuer.
     let cfg = config(
@@ -1543,10 +1541,7 @@ fn check_refuses_plaintext_keys_missing_pepper_and_unknown_issuers() {
         &[("/", "auth = [\"jwt:nosuch\"]")],
         "",
     );
-    let (file, out) = check(&cfg);
-    assert_eq!(out.code(), Some(1), "{}", out.combined());
-    let at = format!("{}:{}", file.path_str(), line_of(&cfg, "jwt:nosuch"));
-    assert!(out.stderr.contains(&at), "expected {at} in {}", out.stderr);
+    let out = assert_refused_at(&cfg, "jwt:nosuch");
     assert!(out.stderr.contains("nosuch"), "{}", out.stderr);
 
     // An unknown method, and alg none among an issuer's algorithms.
@@ -1572,94 +1567,6 @@ fn check_refuses_plaintext_keys_missing_pepper_and_unknown_issuers() {
 // mTLS
 // ---------------------------------------------------------------------------
 
-mod pki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose, SanType,
-    };
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use std::sync::Arc;
-
-    pub struct Ca {
-        params: CertificateParams,
-        key: KeyPair,
-        pub pem: String,
-    }
-
-    pub struct Issued {
-        pub cert_pem: String,
-        pub key_pem: String,
-        pub der: Vec<u8>,
-        key_der: Vec<u8>,
-    }
-
-    impl Ca {
-        pub fn new(name: &str) -> Ca {
-            let key = KeyPair::generate().expect("CA key");
-            let mut params = CertificateParams::default();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            let pem = params.self_signed(&key).expect("self-signed CA").pem();
-            Ca { params, key, pem }
-        }
-
-        fn issue(&self, params: CertificateParams) -> Issued {
-            let key = KeyPair::generate().expect("leaf key");
-            let issuer = Issuer::from_params(&self.params, &self.key);
-            let cert = params.signed_by(&key, &issuer).expect("sign leaf");
-            Issued {
-                cert_pem: cert.pem(),
-                key_pem: key.serialize_pem(),
-                der: cert.der().to_vec(),
-                key_der: key.serialize_der(),
-            }
-        }
-
-        pub fn server(&self, name: &str) -> Issued {
-            let mut params = CertificateParams::new(vec![name.to_string()]).expect("name");
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-            self.issue(params)
-        }
-
-        pub fn client(&self, cn: &str) -> Issued {
-            let mut params = CertificateParams::default();
-            params.distinguished_name.push(DnType::CommonName, cn);
-            params.subject_alt_names = vec![SanType::URI(
-                format!("spiffe://corp/{cn}").try_into().expect("uri"),
-            )];
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            self.issue(params)
-        }
-    }
-
-    pub fn client_config(ca_pem: &str, identity: Option<&Issued>) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        let ca =
-            rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM");
-        roots.add(ca).expect("add CA");
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots);
-        Arc::new(match identity {
-            Some(i) => builder
-                .with_client_auth_cert(
-                    vec![CertificateDer::from(i.der.clone())],
-                    PrivateKeyDer::try_from(i.key_der.clone()).expect("PKCS#8 key"),
-                )
-                .expect("client cert"),
-            None => builder.with_no_client_auth(),
-        })
-    }
-}
-
 fn sha256_hex(data: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, data)
         .as_ref()
@@ -1670,16 +1577,16 @@ fn sha256_hex(data: &[u8]) -> String {
 
 #[test]
 fn mtls_certificates_map_to_consumers() {
-    let server_ca = pki::Ca::new("Server CA");
-    let client_ca = pki::Ca::new("Client CA");
-    let server = server_ca.server("api.test");
-    let partner = client_ca.client("partner");
-    let named = client_ca.client("billing");
-    let stranger = client_ca.client("stranger");
+    let server_ca = Ca::new("Server CA");
+    let client_ca = Ca::new("Client CA");
+    let server = server_ca.server(&["api.test"]);
+    let partner = client_ca.client("partner", 1);
+    let named = client_ca.client("billing", 2);
+    let stranger = client_ca.client("stranger", 3);
     let files = [
         TempFile::new(&server.cert_pem, "pem"),
         TempFile::new(&server.key_pem, "key"),
-        TempFile::new(&client_ca.pem, "pem"),
+        TempFile::new(&client_ca.pem(), "pem"),
     ];
     let up = TestUpstream::start(Mode::Echo);
     let (required, optional) = (free_port(), free_port());
@@ -1717,8 +1624,8 @@ fn mtls_certificates_map_to_consumers() {
     );
     let _gw = Gateway::start(&cfg);
 
-    let connect = |port: u16, who: Option<&pki::Issued>| {
-        Client::try_connect_tls(port, pki::client_config(&server_ca.pem, who), "api.test")
+    let connect = |port: u16, who: Option<&Issued>| {
+        Client::try_connect_tls(port, client_config(&server_ca.pem(), BOTH, who), "api.test")
             .unwrap_or_else(|e| panic!("TLS connect to {port}: {e}"))
     };
     let get_m = |c: &mut Client, path: &str| {

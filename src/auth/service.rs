@@ -4,6 +4,7 @@
 //! single-flight refetch per issuer and cooldown when a core meets an unknown `kid`, last good
 //! keys kept while the IdP is down) and the Basic password checker thread.
 
+use super::index::CredentialIndex;
 use super::jwks::{self, JwksUrl, KeySet};
 use super::keys::{Algorithm, AlgorithmSet};
 use super::{basic, AuthLinks, AuthState, Refetch};
@@ -171,6 +172,23 @@ impl AuthService {
         }
     }
 
+    /// Applies `change` to a copy of the credential index (only the shards it touches are
+    /// copied) and publishes the result to every core, returning once all have acked: the entry
+    /// point for credential changes that do not come from the config file. Routes, TLS and keys
+    /// are untouched.
+    pub fn change_credentials(&self, change: impl FnOnce(&mut CredentialIndex)) {
+        let mut shared = self.shared.lock().expect("auth state lock");
+        shared.publish(|old| {
+            let mut credentials = (*old.credentials).clone();
+            change(&mut credentials);
+            AuthState {
+                epoch: 0,
+                credentials: Arc::new(credentials),
+                keys: old.keys.clone(),
+            }
+        });
+    }
+
     /// Builds the state for a reloaded `config` and runs `apply` with it while no key update
     /// can slip in between (the caller hands it to the cores with the new snapshot).
     pub fn reload(&self, config: &Config, apply: impl FnOnce(Arc<AuthState>)) {
@@ -193,6 +211,9 @@ struct Schedule {
     /// When an unknown `kid` last caused a fetch (the cooldown counts from it).
     last_refetch: Option<Instant>,
     last_body: Option<ring::digest::Digest>,
+    /// Fetches failed in a row (reset by a good one) and in all.
+    failures_in_row: u64,
+    failures: u64,
 }
 
 fn refresh_loop(shared: Arc<Mutex<Published>>, requests: Receiver<Refetch>) {
@@ -208,6 +229,8 @@ fn refresh_loop(shared: Arc<Mutex<Published>>, requests: Receiver<Refetch>) {
                     next: Instant::now(),
                     last_refetch: None,
                     last_body: None,
+                    failures_in_row: 0,
+                    failures: 0,
                 });
             }
         }
@@ -254,6 +277,10 @@ fn fetch_and_publish(shared: &Arc<Mutex<Published>>, schedule: &mut Schedule) {
     });
     match fetched {
         Ok((keys, fetched)) => {
+            if schedule.failures_in_row > 0 {
+                tracing::info!(issuer = %source.name, failed_fetches = schedule.failures_in_row, "JWKS reachable again");
+            }
+            schedule.failures_in_row = 0;
             let interval = fetched.max_age.unwrap_or(source.refresh).clamp(
                 source.min_refresh,
                 source.max_refresh.max(source.min_refresh),
@@ -282,7 +309,62 @@ fn fetch_and_publish(shared: &Arc<Mutex<Published>>, schedule: &mut Schedule) {
         }
         Err(error) => {
             schedule.next = now + source.min_refresh;
-            tracing::warn!(issuer = %source.name, url = %url.text, %error, retry_in = ?source.min_refresh, "JWKS fetch failed: keeping the last good keys");
+            schedule.failures_in_row += 1;
+            schedule.failures += 1;
+            tracing::warn!(
+                issuer = %source.name,
+                url = %url.text,
+                %error,
+                retry_in = ?source.min_refresh,
+                failures_in_row = schedule.failures_in_row,
+                failures_total = schedule.failures,
+                keys_kept = schedule.last_body.is_some(),
+                "JWKS fetch failed: keeping the last good keys"
+            );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::index::{Consumer, Credential, CredentialKind, Handle, Secret};
+
+    const CONFIG: &str = r#"
+[[listeners]]
+name = "public"
+address = "127.0.0.1:1"
+"#;
+
+    #[test]
+    fn a_credential_change_publishes_a_new_epoch_without_a_reload() {
+        let config = Config::parse("test.toml", CONFIG).unwrap();
+        let service = AuthService::start(&config);
+        let before = service.state();
+        service.change_credentials(|index| {
+            let consumer = Arc::new(Consumer {
+                id: "late".into(),
+                tenant: "default".into(),
+                groups: Box::new([]),
+            });
+            index
+                .add(
+                    Handle::ApiKey("k1".into()),
+                    Arc::new(Credential {
+                        id: "k1".into(),
+                        kind: CredentialKind::ApiKey,
+                        consumer,
+                        secret: Secret::ApiKey([0; 32]),
+                        scopes: Box::new([]),
+                        expires: None,
+                        revoked: false,
+                    }),
+                )
+                .unwrap();
+        });
+        let after = service.state();
+        assert_eq!(after.epoch, before.epoch + 1);
+        assert!(before.credentials.api_key("k1").is_none());
+        assert!(after.credentials.api_key("k1").is_some());
     }
 }

@@ -364,6 +364,7 @@ async fn worker_main(core: Rc<Core>, control: ControlReceiver, ready: Ready) {
             "drain timeout: closing remaining connections"
         );
     }
+    log_auth_totals(&core);
     let counters = &core.counters;
     if counters.tls_handshakes.get() + counters.tls_failures.get() > 0 {
         tracing::info!(
@@ -372,6 +373,29 @@ async fn worker_main(core: Rc<Core>, control: ControlReceiver, ready: Ready) {
             resumed = counters.tls_resumed.get(),
             failed = counters.tls_failures.get(),
             "TLS totals"
+        );
+    }
+}
+
+/// Logs what the core's authentication did (counts only, never credentials).
+fn log_auth_totals(core: &Core) {
+    let counters = &core.auth.counters;
+    let (mut hits, mut misses) = (0, 0);
+    for cache in &core.current().token_caches {
+        let stats = cache.borrow().stats;
+        hits += stats.hits;
+        misses += stats.misses;
+    }
+    if counters.authenticated.get() + counters.refused.get() > 0 {
+        tracing::info!(
+            core = core.id,
+            authenticated = counters.authenticated.get(),
+            refused = counters.refused.get(),
+            cache_hits = hits,
+            cache_misses = misses,
+            basic_failures = counters.basic_failures.get(),
+            jwks_refetch_requests = counters.refetch_requests.get(),
+            "authentication totals"
         );
     }
 }

@@ -14,6 +14,8 @@
 //!   according to a [`Mode`].
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
