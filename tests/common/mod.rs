@@ -47,10 +47,26 @@ pub fn unique_temp_path(ext: &str) -> PathBuf {
     std::env::temp_dir().join(format!("credentialflow-it-{pid}-{n}-{nanos}.{ext}"))
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// Ports handed out by [`free_port`]: below the kernel's ephemeral range (32768 and up by
+/// default), so a port handed to a gateway is never taken meanwhile by a socket bound to port 0
+/// (a test upstream) or by an outgoing connection, which would answer in the gateway's place.
+const TEST_PORTS: std::ops::Range<usize> = 20_000..32_000;
+
+/// A port on 127.0.0.1 that was free a moment ago and that no other call hands out again in
+/// this test process.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    // Test binaries run one after another; a per-process offset keeps them apart anyway.
+    let offset = (std::process::id() as usize).wrapping_mul(7919) % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(n < span, "free_port: ran out of test ports");
+        let port = TEST_PORTS.start + (offset + n) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
 }
 
 pub fn local(port: u16) -> SocketAddr {
