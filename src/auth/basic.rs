@@ -104,6 +104,17 @@ impl PasswordHash {
     }
 }
 
+/// The hash an unknown user's password is checked against: as costly as a real one, matched by
+/// no password (its bytes are no PBKDF2 output of any password but by chance).
+pub fn unknown_user_hash() -> &'static PasswordHash {
+    static HASH: std::sync::OnceLock<PasswordHash> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| PasswordHash {
+        iterations: NonZeroU32::new(DEFAULT_ITERATIONS).expect("non-zero"),
+        salt: Box::new([0x5a; SALT_BYTES]),
+        hash: Box::new([0; HASH_BYTES]),
+    })
+}
+
 /// Decodes a Basic `user:password` value into `buf`; returns the split point (user length).
 pub fn decode(value: &[u8], buf: &mut Vec<u8>) -> Option<usize> {
     buf.clear();

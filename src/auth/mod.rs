@@ -530,6 +530,8 @@ impl Ctx<'_> {
             return Outcome::Refuse(Reason::InvalidCredential);
         };
         let Some(credential) = self.state.credentials.api_key(presented.id) else {
+            // The same HMAC as for a known id, so timing does not tell which ids exist.
+            let _ = pepper.matches(presented.secret, &[0; 32]);
             return Outcome::Refuse(Reason::InvalidCredential);
         };
         let index::Secret::ApiKey(stored) = &credential.secret else {
@@ -590,11 +592,13 @@ impl Ctx<'_> {
             );
             Outcome::Refuse(reason)
         };
-        let Some(credential) = self.state.credentials.basic(user) else {
-            return refuse(cache, Reason::InvalidCredential);
-        };
-        let index::Secret::Basic(hash) = &credential.secret else {
-            return refuse(cache, Reason::InvalidCredential);
+        // An unknown user costs the same password check as a known one (against a hash no
+        // password matches), so response times do not tell which user names exist.
+        let credential = self.state.credentials.basic(user).map(|c| &**c);
+        let hash = match credential.map(|c| &c.secret) {
+            Some(index::Secret::Basic(hash)) => hash,
+            Some(_) => return refuse(cache, Reason::InvalidCredential),
+            None => basic::unknown_user_hash(),
         };
         let pending = self.auth.pending.borrow_mut().get(&digest).cloned();
         let check = match pending {
@@ -631,18 +635,21 @@ impl Ctx<'_> {
         &self,
         cache: &mut VerifiedCache,
         digest: cache::CacheKey,
-        credential: &Credential,
+        credential: Option<&Credential>,
         good: bool,
     ) -> Outcome {
-        if !good {
-            bump(&self.auth.counters.basic_failures);
-            cache.insert(
-                digest,
-                Cached::Refused(Reason::InvalidCredential),
-                self.now + BASIC_FAILURE_TTL,
-            );
-            return Outcome::Refuse(Reason::InvalidCredential);
-        }
+        let credential = match credential {
+            Some(credential) if good => credential,
+            _ => {
+                bump(&self.auth.counters.basic_failures);
+                cache.insert(
+                    digest,
+                    Cached::Refused(Reason::InvalidCredential),
+                    self.now + BASIC_FAILURE_TTL,
+                );
+                return Outcome::Refuse(Reason::InvalidCredential);
+            }
+        };
         if let Err(reason) = self.usable(credential) {
             return Outcome::Refuse(reason);
         }

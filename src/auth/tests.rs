@@ -515,3 +515,107 @@ fn query_parameters_are_found() {
     assert_eq!(query_param("a=1&api_key=cf_x&b=2", "api_key"), Some("cf_x"));
     assert_eq!(query_param("api_keyx=1", "api_key"), None);
 }
+
+/// A small deterministic generator for the mutation tests.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn mutate(rng: &mut XorShift, input: &[u8]) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCxyz019-_.=+/ {}\":,[]\\\x00\xff";
+    let mut out = input.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        match rng.below(4) {
+            0 if !out.is_empty() => {
+                let at = rng.below(out.len());
+                out[at] = ALPHABET[rng.below(ALPHABET.len())];
+            }
+            1 if !out.is_empty() => {
+                let at = rng.below(out.len());
+                out.truncate(at);
+            }
+            2 => {
+                let at = rng.below(out.len() + 1);
+                out.insert(at, ALPHABET[rng.below(ALPHABET.len())]);
+            }
+            _ => {
+                let at = rng.below(out.len() + 1);
+                let piece = URL_SAFE_NO_PAD_ENGINE.encode(
+                    [
+                        r#"{"alg":"ES256","kid":"k1"}"#,
+                        r#"{"iss":1,"exp":"x","aud":[[]]}"#,
+                        "[]",
+                        "{",
+                        r#"{"alg":"none"}"#,
+                    ][rng.below(5)],
+                );
+                out.splice(at..at, piece.bytes());
+            }
+        }
+    }
+    out
+}
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as URL_SAFE_NO_PAD_ENGINE;
+use base64::Engine as _;
+
+#[test]
+fn mutated_credentials_never_panic_and_never_pass() {
+    let key = key_for(Algorithm::ES256);
+    let jwks = format!("{{\"keys\":[{}]}}", key.jwk(Algorithm::ES256, "k1"));
+    let token = key
+        .mint(Algorithm::ES256, Some("k1"), &claims(json!({})))
+        .unwrap();
+    let mut setup = Setup::new(&jwks, CredentialIndex::default());
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..20_000 {
+        let bad = mutate(&mut rng, token.as_bytes());
+        let Ok(text) = std::str::from_utf8(&bad) else {
+            continue;
+        };
+        if text == token {
+            continue;
+        }
+        for (name, prefix) in [
+            ("Authorization", "Bearer "),
+            ("Authorization", "Basic "),
+            ("X-API-Key", ""),
+        ] {
+            match setup.run(name, &format!("{prefix}{text}")) {
+                Outcome::Pass(identity, _) => {
+                    // Only base64url re-encodings of the same bytes may verify.
+                    assert_eq!(&*identity.consumer.id, "user-1", "{text}");
+                }
+                Outcome::Refuse(_) | Outcome::Wait(_) => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn mutated_key_sets_never_panic() {
+    let key = key_for(Algorithm::ES256);
+    let jwks = format!(
+        "{{\"keys\":[{}, {}]}}",
+        key.jwk(Algorithm::ES256, "k1"),
+        RFC_RSA_JWK
+    );
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    for _ in 0..5_000 {
+        let bad = mutate(&mut rng, jwks.as_bytes());
+        let _ = KeySet::parse(&bad, AlgorithmSet::ANY, rng.below(2) == 0);
+        let _ = api_key::parse(&bad);
+        let _ = basic::decode(&bad, &mut Vec::new());
+    }
+}
