@@ -1678,3 +1678,111 @@ fn mtls_certificates_map_to_consumers() {
         c.request(b"GET /m HTTP/1.1\r\nHost: api.test\r\nAuthorization: Basic b3BzOng=\r\n\r\n");
     assert_refused(&resp, 401, "missing_credential");
 }
+
+// ---------------------------------------------------------------------------
+// JWKS over HTTPS
+// ---------------------------------------------------------------------------
+
+/// A JWKS server over TLS: answers every request with `jwks`, counting them.
+struct HttpsJwks {
+    port: u16,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HttpsJwks {
+    fn start(server: &common::pki::Issued, jwks: String) -> HttpsJwks {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let chain = vec![rustls::pki_types::CertificateDer::from(server.der.clone())];
+        let key = rustls::pki_types::PrivateKeyDer::try_from(server.key_der.clone()).expect("key");
+        let config = std::sync::Arc::new(
+            rustls::ServerConfig::builder_with_provider(common::pki::provider())
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .expect("server cert"),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let fetches = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = fetches.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let config = config.clone();
+                let counter = counter.clone();
+                let jwks = jwks.clone();
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                    let session = rustls::ServerConnection::new(config).expect("session");
+                    let mut tls = rustls::StreamOwned::new(session, stream);
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match std::io::Read::read(&mut tls, &mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{jwks}",
+                        jwks.len()
+                    );
+                    let _ = tls.write_all(response.as_bytes());
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                });
+            }
+        });
+        HttpsJwks { port, fetches }
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn jwks_over_https_is_verified_against_the_configured_ca() {
+    let ca = Ca::new("IdP CA");
+    let server = ca.server(&["localhost"]);
+    let ca_file = TempFile::new(&ca.pem(), "pem");
+    let other_ca_file = TempFile::new(&Ca::new("Another CA").pem(), "pem");
+    let key = jwk_new("k1");
+    let jwks = std::fs::read_to_string(&key.jwks.path).expect("jwks");
+    let idp = HttpsJwks::start(&server, jwks);
+    let token = key.mint(&claims("alice"));
+    let up = TestUpstream::start(Mode::Echo);
+    let start = |ca: &TempFile| {
+        let extra = format!(
+            "[[issuers]]\nname = \"corp\"\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\n\
+             jwks_url = \"https://localhost:{}/jwks\"\njwks_ca = \"{}\"\njwks_min_refresh = \"1s\"\n",
+            idp.port,
+            ca.path_str()
+        );
+        Gateway::start(&config(
+            free_port(),
+            up.port,
+            &[("/j", "auth = [\"jwt:corp\"]")],
+            &extra,
+        ))
+    };
+
+    let gw = start(&ca_file);
+    let resp = poll_until_ok(gw.port(), &token, Duration::from_secs(5));
+    assert_eq!(resp.status, 200, "{}", resp.body_str());
+    assert_eq!(up.last_request().headers_all("x-consumer-id"), ["alice"]);
+    drop(gw);
+
+    // A certificate the configured CA did not issue: the keys never load.
+    let fetched = idp.fetches();
+    let gw = start(&other_ca_file);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_refused(&bearer_get(gw.port(), &token), 503, "keys_unavailable");
+    assert_eq!(
+        idp.fetches(),
+        fetched,
+        "no request got past the TLS handshake"
+    );
+    assert!(gw.output().contains("JWKS fetch failed"), "{}", gw.output());
+}

@@ -1,11 +1,12 @@
 //! JWK Sets: reading a JWKS document (file or HTTP body) into an issuer's verification keys,
-//! choosing a key for a token (by `kid`, or the only key), and fetching a JWKS URL over HTTP on
-//! the control side (never on a core), with the `Cache-Control: max-age` the IdP sent.
+//! choosing a key for a token (by `kid`, or the only key), and fetching a JWKS URL over HTTP or
+//! HTTPS on the control side (never on a core), with the `Cache-Control: max-age` the IdP sent.
 
 use super::keys::{AlgorithmSet, JwkFields, KeyError, VerifyKey};
 use serde::Deserialize;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// An issuer's current keys.
@@ -125,35 +126,40 @@ impl KeySet {
     }
 }
 
-/// A parsed `http://host:port/path` JWKS address.
+/// A parsed `http(s)://host[:port]/path` JWKS address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwksUrl {
     pub host: String,
     pub port: u16,
     pub path: String,
     pub text: String,
+    /// `https://`: fetched over TLS, the IdP's certificate verified for `host`.
+    pub tls: bool,
 }
 
 impl JwksUrl {
     pub fn parse(text: &str) -> Result<JwksUrl, String> {
-        let rest = text.strip_prefix("http://").ok_or_else(|| {
-            format!(
-                "`{text}` must be an http:// URL (serve the JWKS on a local address or a sidecar)"
-            )
-        })?;
+        let (rest, tls) = if let Some(rest) = text.strip_prefix("https://") {
+            (rest, true)
+        } else if let Some(rest) = text.strip_prefix("http://") {
+            (rest, false)
+        } else {
+            return Err(format!("`{text}` must be an http:// or https:// URL"));
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
+        let default_port = if tls { 443 } else { 80 };
         let (host, port) = match authority.rsplit_once(':') {
             Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
                 host,
                 port.parse::<u16>()
                     .map_err(|_| format!("`{text}`: invalid port"))?,
             ),
-            _ => (authority, 80),
+            _ => (authority, default_port),
         };
-        if host.is_empty() {
+        if host.is_empty() || authority.contains('@') {
             return Err(format!("`{text}`: no host"));
         }
         Ok(JwksUrl {
@@ -161,6 +167,7 @@ impl JwksUrl {
             port,
             path: path.into(),
             text: text.into(),
+            tls,
         })
     }
 }
@@ -174,20 +181,34 @@ pub struct Fetched {
 /// Largest JWKS body accepted.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
-/// Fetches a JWKS URL (blocking; control side only).
-pub fn fetch(url: &JwksUrl, timeout: Duration) -> Result<Fetched, String> {
-    let addr = (url.host.as_str(), url.port)
+/// Connects to the first address of `url`'s host that answers.
+fn connect(url: &JwksUrl, timeout: Duration) -> Result<TcpStream, String> {
+    let addrs = (url.host.as_str(), url.port)
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
-        .next()
-        .ok_or_else(|| format!("{} resolved to no address", url.host))?;
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+        .map_err(|e| format!("cannot resolve {}: {e}", url.host))?;
+    let mut last = format!("{} resolved to no address", url.host);
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = format!("connect {addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// Fetches a JWKS URL (blocking; control side only). `tls` is required for `https://`.
+pub fn fetch(
+    url: &JwksUrl,
+    timeout: Duration,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Fetched, String> {
+    let stream = connect(url, timeout)?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|_| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| e.to_string())?;
-    let host = if url.port == 80 {
+    let default_port = if url.tls { 443 } else { 80 };
+    let host = if url.port == default_port {
         url.host.clone()
     } else {
         format!("{}:{}", url.host, url.port)
@@ -196,14 +217,34 @@ pub fn fetch(url: &JwksUrl, timeout: Duration) -> Result<Fetched, String> {
         "GET {} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nUser-Agent: credentialflow\r\nConnection: close\r\n\r\n",
         url.path
     );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("send: {e}"))?;
+    let limit = MAX_JWKS_BYTES as u64 + 16 * 1024;
     let mut raw = Vec::new();
-    stream
-        .take(MAX_JWKS_BYTES as u64 + 16 * 1024)
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("read: {e}"))?;
+    if url.tls {
+        let config = tls.ok_or("https needs a CA bundle (issuers.jwks_ca)")?;
+        let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+            .map_err(|e| format!("{}: {e}", url.host))?;
+        let session =
+            rustls::ClientConnection::new(config.clone(), name).map_err(|e| format!("TLS: {e}"))?;
+        let mut tls_stream = rustls::StreamOwned::new(session, stream);
+        tls_stream
+            .write_all(request.as_bytes())
+            .map_err(|e| format!("send: {e}"))?;
+        // An IdP may close without close_notify; the framing check below catches truncation.
+        if let Err(e) = (&mut tls_stream).take(limit).read_to_end(&mut raw) {
+            if raw.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof {
+                return Err(format!("read: {e}"));
+            }
+        }
+    } else {
+        let mut stream = stream;
+        stream
+            .write_all(request.as_bytes())
+            .map_err(|e| format!("send: {e}"))?;
+        stream
+            .take(limit)
+            .read_to_end(&mut raw)
+            .map_err(|e| format!("read: {e}"))?;
+    }
     parse_response(&raw)
 }
 
@@ -310,7 +351,10 @@ mod tests {
             ("127.0.0.1", 9300, "/jwks")
         );
         assert_eq!(JwksUrl::parse("http://idp").unwrap().port, 80);
+        let https = JwksUrl::parse("https://idp.example.com/.well-known/jwks.json").unwrap();
+        assert_eq!((https.port, https.tls), (443, true));
         assert!(JwksUrl::parse("ftp://x").is_err());
+        assert!(JwksUrl::parse("http://user@idp/").is_err());
         assert_eq!(
             cache_max_age("public, max-age=300"),
             Some(Duration::from_secs(300))

@@ -21,15 +21,31 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where one issuer's keys come from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 struct KeySource {
     name: String,
     url: Option<JwksUrl>,
+    /// For `https://`: the client config, and the CA bundle it came from (compared on reload).
+    tls: Option<Arc<rustls::ClientConfig>>,
+    ca: Option<String>,
     allowed: AlgorithmSet,
     refresh: Duration,
     min_refresh: Duration,
     max_refresh: Duration,
     cooldown: Duration,
+}
+
+impl PartialEq for KeySource {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.url == other.url
+            && self.ca == other.ca
+            && self.allowed == other.allowed
+            && self.refresh == other.refresh
+            && self.min_refresh == other.min_refresh
+            && self.max_refresh == other.max_refresh
+            && self.cooldown == other.cooldown
+    }
 }
 
 /// What the control side currently serves.
@@ -82,12 +98,15 @@ fn sources(config: &Config) -> Vec<KeySource> {
     config
         .issuers
         .iter()
-        .map(|i| KeySource {
+        .zip(&config.resolved.issuer_tls)
+        .map(|(i, tls)| KeySource {
             name: i.name.get_ref().clone(),
             url: i
                 .jwks_url
                 .as_ref()
                 .and_then(|u| JwksUrl::parse(u.get_ref()).ok()),
+            tls: tls.clone(),
+            ca: i.jwks_ca.as_ref().map(|c| c.get_ref().clone()),
             allowed: match &i.algorithms {
                 None => AlgorithmSet::ANY,
                 Some(list) => AlgorithmSet::of(
@@ -270,7 +289,7 @@ fn fetch_and_publish(shared: &Arc<Mutex<Published>>, schedule: &mut Schedule) {
     let source = &schedule.source;
     let Some(url) = &source.url else { return };
     let now = Instant::now();
-    let fetched = jwks::fetch(url, FETCH_TIMEOUT).and_then(|fetched| {
+    let fetched = jwks::fetch(url, FETCH_TIMEOUT, source.tls.as_ref()).and_then(|fetched| {
         KeySet::parse(&fetched.body, source.allowed, true)
             .map(|keys| (keys, fetched))
             .map_err(|e| e.to_string())

@@ -61,6 +61,9 @@ pub struct IssuerSection {
     pub audiences: Vec<String>,
     pub jwks_file: Option<Spanned<String>>,
     pub jwks_url: Option<Spanned<String>>,
+    /// CA bundle (PEM) an `https://` JWKS URL's certificate must chain to; default: the
+    /// system bundle.
+    pub jwks_ca: Option<Spanned<String>>,
     pub algorithms: Option<Vec<Spanned<String>>>,
     #[serde(default = "default_leeway")]
     pub leeway: ConfigDuration,
@@ -278,6 +281,33 @@ fn plaintext_secret(line: &str) -> Option<&'static str> {
     None
 }
 
+/// System CA bundles, first found wins (Debian/Ubuntu, Fedora/RHEL, Alpine/macOS style).
+const SYSTEM_CA_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// The TLS client config for an `https://` JWKS URL: `ca` (relative to the config's
+/// directory) or the system bundle.
+fn jwks_tls(ca: Option<&str>, base: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    let path = match ca {
+        Some(ca) => base.join(ca),
+        None => SYSTEM_CA_BUNDLES
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or("no system CA bundle found: set issuers.jwks_ca")?,
+    };
+    let roots = crate::tls::pem::root_store(&path).map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// Reads the pepper from `file` (relative to the config's directory) or the environment.
 pub fn load_pepper(file: Option<&str>, base: &std::path::Path) -> Result<Option<Pepper>, String> {
     let secret = match file {
@@ -341,6 +371,7 @@ impl super::Config {
         // Issuers and their keys.
         let mut issuer_names: Vec<String> = Vec::new();
         let mut issuer_keys = Vec::new();
+        let mut issuer_tls = Vec::new();
         for issuer in &self.issuers {
             super::check_name(p, &issuer.name, "issuers.name", &mut issuer_names);
             if issuer.issuer.get_ref().is_empty() {
@@ -365,6 +396,7 @@ impl super::Config {
                     AlgorithmSet::of(&algs)
                 }
             };
+            let mut tls = None;
             let keys = match (&issuer.jwks_file, &issuer.jwks_url) {
                 (Some(file), None) => {
                     let path = base.join(file.get_ref());
@@ -386,8 +418,18 @@ impl super::Config {
                     }
                 }
                 (None, Some(url)) => {
-                    if let Err(message) = JwksUrl::parse(url.get_ref()) {
-                        p.on(url, format!("issuers.jwks_url: {message}"));
+                    match JwksUrl::parse(url.get_ref()) {
+                        Ok(parsed) if parsed.tls => {
+                            let ca = issuer.jwks_ca.as_ref();
+                            match jwks_tls(ca.map(|c| c.get_ref().as_str()), &base) {
+                                Ok(config) => tls = Some(config),
+                                Err(message) => {
+                                    p.on(ca.unwrap_or(url), format!("issuers.jwks_ca: {message}"))
+                                }
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(message) => p.on(url, format!("issuers.jwks_url: {message}")),
                     }
                     None
                 }
@@ -412,6 +454,7 @@ impl super::Config {
                 }
             }
             issuer_keys.push(keys);
+            issuer_tls.push(tls);
         }
 
         // Consumers and credentials.
@@ -488,6 +531,7 @@ impl super::Config {
         }
         self.resolved.pepper = pepper;
         self.resolved.issuer_keys = issuer_keys;
+        self.resolved.issuer_tls = issuer_tls;
         self.resolved.credentials = Arc::new(index);
     }
 

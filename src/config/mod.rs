@@ -377,6 +377,8 @@ pub struct Resolved {
     pub pepper: Option<Arc<crate::auth::api_key::Pepper>>,
     /// Per issuer (file order): keys read from `jwks_file` (`None` for `jwks_url`).
     pub issuer_keys: Vec<Option<Arc<crate::auth::jwks::KeySet>>>,
+    /// Per issuer: the TLS client config for an `https://` `jwks_url`.
+    pub issuer_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
     /// Consumers and credentials from `[[consumers]]`.
     pub credentials: Arc<crate::auth::index::CredentialIndex>,
 }
