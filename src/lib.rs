@@ -6,6 +6,7 @@
 //! pools and health, [`runtime`] the worker threads, [`control`] the process lifecycle,
 //! [`demo`] the built-in demo upstream, [`observe`] logging.
 
+pub mod access;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -2,9 +2,14 @@
 //! routers, routes, upstreams with resolved target addresses, and limits. Built on the control
 //! side, shared read-only (`Arc`) by every core, replaced whole on change.
 
+use crate::access::condition::Condition;
+use crate::access::{ApiPolicy, Effect, RoutePolicy, Rule, SubscriptionMode};
 use crate::auth::keys::{Algorithm, AlgorithmSet};
 use crate::auth::{AuthConfig, Issuer, RouteAuth};
-use crate::config::{parse_method, AuthMethodName, Balance, Config};
+use crate::config::{
+    parse_method, AuthMethodName, Balance, Config, EffectName, ModeName, RouteSection,
+    SubscriptionModeName,
+};
 use crate::router::{RouteKey, Router};
 use crate::tls::client::UpstreamTls;
 use crate::tls::server::ServerTls;
@@ -48,6 +53,8 @@ pub struct Route {
     pub client_cert_headers: bool,
     /// What the route requires; `None` is a public route.
     pub auth: Option<RouteAuth>,
+    /// Who may call it (authenticated routes only).
+    pub access: Option<RoutePolicy>,
 }
 
 /// A group of targets and how to use them.
@@ -77,6 +84,8 @@ pub struct Snapshot {
     pub auth: AuthConfig,
     /// Per API (file order): entries of its per-core verified-credential cache.
     pub token_cache_entries: Vec<usize>,
+    /// Per API (file order): tenant, sharing and subscription mode.
+    pub apis: Vec<ApiPolicy>,
 }
 
 impl Snapshot {
@@ -150,6 +159,7 @@ impl Snapshot {
                     strip_prefix: r.strip_prefix,
                     max_body_bytes: r.max_body_bytes.unwrap_or(config.limits.max_body_bytes),
                     client_cert_headers: r.client_cert_headers,
+                    access: route_auth.as_ref().map(|_| compile_policy(api_index, r)),
                     auth: route_auth,
                 });
                 route_listeners.push(r.listeners.iter().map(|l| l.get_ref().clone()).collect());
@@ -190,7 +200,67 @@ impl Snapshot {
             drain_timeout: config.gateway.drain_timeout.0,
             auth,
             token_cache_entries: config.apis.iter().map(|a| a.token_cache.entries).collect(),
+            apis: config
+                .apis
+                .iter()
+                .map(|a| ApiPolicy {
+                    name: a.name.get_ref().as_str().into(),
+                    tenant: a
+                        .tenant
+                        .as_ref()
+                        .map_or(crate::auth::index::DEFAULT_TENANT, |t| t.get_ref())
+                        .into(),
+                    shared: a.shared,
+                    subscription: match a.subscription {
+                        SubscriptionModeName::None => SubscriptionMode::None,
+                        SubscriptionModeName::Auto => SubscriptionMode::Auto,
+                        SubscriptionModeName::Approval => SubscriptionMode::Approval,
+                    },
+                })
+                .collect(),
         }
+    }
+}
+
+/// A route's scopes, groups and rules (validated: every condition parses).
+fn compile_policy(api: usize, r: &RouteSection) -> RoutePolicy {
+    let conditions = |list: &[toml::Spanned<String>]| -> Box<[Condition]> {
+        list.iter()
+            .filter_map(|c| Condition::parse(c.get_ref()).ok())
+            .collect()
+    };
+    RoutePolicy {
+        api,
+        scopes: r
+            .scopes
+            .as_ref()
+            .map(|s| {
+                s.get_ref()
+                    .iter()
+                    .map(|(method, scopes)| {
+                        (
+                            method.as_str().into(),
+                            scopes.iter().map(|s| s.as_str().into()).collect(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        groups: r.groups.iter().map(|g| g.as_str().into()).collect(),
+        rules: r
+            .rules
+            .iter()
+            .map(|rule| Rule {
+                name: rule.name.get_ref().as_str().into(),
+                effect: match rule.effect {
+                    EffectName::Allow => Effect::Allow,
+                    EffectName::Deny => Effect::Deny,
+                },
+                shadow: rule.mode == ModeName::Shadow,
+                when: conditions(&rule.when),
+                unless: conditions(&rule.unless),
+            })
+            .collect(),
     }
 }
 

@@ -303,7 +303,7 @@ fn key_fixture() -> KeyFixture {
     let up = TestUpstream::start(Mode::Echo);
     let extra = format!(
         "[auth]\nkey_pepper_file = \"{pepper}\"\n\n\
-         [[consumers]]\nid = \"alice\"\ntenant = \"t1\"\ngroups = [\"ops\"]\n\
+         [[consumers]]\nid = \"alice\"\ngroups = [\"ops\"]\n\
          [[consumers.credentials]]\nkind = \"api_key\"\nid = \"{gi}\"\nhash = \"{gh}\"\nexpires = \"2099-01-01T00:00:00Z\"\n\n\
          [[consumers]]\nid = \"bob\"\n\
          [[consumers.credentials]]\nkind = \"api_key\"\nid = \"{ei}\"\nhash = \"{eh}\"\nexpires = \"2020-01-01T00:00:00Z\"\n\n\

@@ -20,6 +20,18 @@ pub struct Consumer {
     pub id: Box<str>,
     pub tenant: Box<str>,
     pub groups: Box<[Box<str>]>,
+    /// `metadata = { key = "value" }`, read by authorization conditions.
+    pub metadata: Box<[(Box<str>, Box<str>)]>,
+}
+
+impl Consumer {
+    /// A metadata value.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .iter()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, v)| &**v)
+    }
 }
 
 /// What a credential proves possession of.
@@ -65,6 +77,26 @@ pub struct Credential {
     /// Seconds since the Unix epoch after which the credential is refused.
     pub expires: Option<i64>,
     pub revoked: bool,
+}
+
+/// Where a consumer's access to an API stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionState {
+    Requested,
+    Approved,
+    Rejected,
+    Revoked,
+}
+
+/// A consumer's subscription to an API, with its plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub consumer: Box<str>,
+    pub api: Box<str>,
+    pub state: SubscriptionState,
+    pub plan: Option<Box<str>>,
+    /// Seconds since the Unix epoch after which the subscription no longer admits.
+    pub expires: Option<i64>,
 }
 
 /// Number of shards per map (a power of two).
@@ -169,6 +201,8 @@ pub struct CredentialIndex {
     mtls_names: ShardedMap<Box<str>, Arc<Credential>>,
     /// By `<issuer name>\n<subject>`.
     jwt_subjects: ShardedMap<Box<str>, Arc<Credential>>,
+    /// By `<consumer id>\n<api name>`.
+    subscriptions: ShardedMap<Box<str>, Arc<Subscription>>,
 }
 
 impl std::fmt::Debug for CredentialIndex {
@@ -280,6 +314,32 @@ impl CredentialIndex {
         self.jwt_subjects.get(buf.as_str())
     }
 
+    /// Adds or replaces the subscription of its consumer to its API.
+    pub fn put_subscription(
+        &mut self,
+        subscription: Arc<Subscription>,
+    ) -> Option<Arc<Subscription>> {
+        let key: Box<str> = format!("{}\n{}", subscription.consumer, subscription.api).into();
+        self.subscriptions.insert(key, subscription)
+    }
+
+    /// The subscription of `consumer` to `api`; `buf` is scratch for the lookup key.
+    pub fn subscription(
+        &self,
+        consumer: &str,
+        api: &str,
+        buf: &mut String,
+    ) -> Option<&Arc<Subscription>> {
+        if self.subscriptions.is_empty() {
+            return None;
+        }
+        buf.clear();
+        buf.push_str(consumer);
+        buf.push('\n');
+        buf.push_str(api);
+        self.subscriptions.get(buf.as_str())
+    }
+
     /// Counts for logs: consumers, API keys, other credentials.
     pub fn counts(&self) -> (usize, usize, usize) {
         (
@@ -302,6 +362,7 @@ mod tests {
             id: id.into(),
             tenant: DEFAULT_TENANT.into(),
             groups: Box::new([]),
+            metadata: Box::new([]),
         })
     }
 

@@ -379,6 +379,11 @@ impl CoreAuth {
     pub fn epoch(&self) -> u64 {
         self.state.borrow().epoch
     }
+
+    /// The current credentials and keys (borrowed for the length of one request's phase).
+    pub fn state(&self) -> std::cell::Ref<'_, AuthState> {
+        std::cell::Ref::map(self.state.borrow(), |s| &**s)
+    }
 }
 
 /// Authenticates one request on a protected route.
@@ -816,6 +821,7 @@ impl Ctx<'_> {
                                     id: subject.as_str().into(),
                                     tenant: DEFAULT_TENANT.into(),
                                     groups: Box::new([]),
+                                    metadata: Box::new([]),
                                 }),
                                 credential_id,
                             ),

@@ -42,6 +42,7 @@ mod tests {
                 id: "partner".into(),
                 tenant: "default".into(),
                 groups: Box::new([]),
+                metadata: Box::new([]),
             }),
             secret: Secret::None,
             scopes: Box::new([]),

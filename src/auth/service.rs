@@ -365,6 +365,7 @@ address = "127.0.0.1:1"
                 id: "late".into(),
                 tenant: "default".into(),
                 groups: Box::new([]),
+                metadata: Box::new([]),
             });
             index
                 .add(

@@ -384,6 +384,7 @@ fn consumer(id: &str) -> Arc<Consumer> {
         id: id.into(),
         tenant: "acme".into(),
         groups: Box::new(["staff".into()]),
+        metadata: Box::new([]),
     })
 }
 

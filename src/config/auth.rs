@@ -161,6 +161,9 @@ pub struct ConsumerSection {
     pub tenant: Option<String>,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Free-form facts about the consumer, for authorization conditions.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
     #[serde(default)]
     pub credentials: Vec<Spanned<CredentialSection>>,
 }
@@ -470,6 +473,11 @@ impl super::Config {
                 id: id.as_str().into(),
                 tenant: consumer.tenant.as_deref().unwrap_or(DEFAULT_TENANT).into(),
                 groups: consumer.groups.iter().map(|g| g.as_str().into()).collect(),
+                metadata: consumer
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                    .collect(),
             });
             if let Err(err) = index.add_consumer(record.clone()) {
                 p.on(&consumer.id, err.to_string());

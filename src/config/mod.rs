@@ -3,8 +3,14 @@
 //!
 //! The file is read on the control side only; cores see the compiled [`crate::snapshot::Snapshot`].
 
+mod access;
 mod auth;
 mod duration;
+
+pub use access::{
+    EffectName, ModeName, PlanSection, RuleSection, ScopesByMethod, SubscriptionModeName,
+    SubscriptionSection, TenantSection,
+};
 
 pub use auth::{
     parse_method, parse_rfc3339, AuthMethodName, AuthSection, ConsumerSection, CredentialSection,
@@ -281,6 +287,13 @@ pub struct ApiSection {
     pub auth: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub token_cache: TokenCacheSection,
+    /// Owning tenant ("default" when absent).
+    pub tenant: Option<Spanned<String>>,
+    /// Consumers of any tenant may call it.
+    #[serde(default)]
+    pub shared: bool,
+    #[serde(default)]
+    pub subscription: SubscriptionModeName,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
 }
@@ -325,6 +338,13 @@ pub struct RouteSection {
     pub forward_credential: bool,
     /// Query parameter an API key may arrive in; removed before forwarding.
     pub api_key_query: Option<String>,
+    /// Scopes the identity must hold, per method (all-of; `"*"` for the others).
+    pub scopes: Option<Spanned<ScopesByMethod>>,
+    /// Groups of which the consumer must be in one.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<RuleSection>,
 }
 
 fn default_path_match() -> PathMatch {
@@ -353,6 +373,12 @@ pub struct Config {
     pub issuers: Vec<IssuerSection>,
     #[serde(default)]
     pub consumers: Vec<ConsumerSection>,
+    #[serde(default)]
+    pub tenants: Vec<TenantSection>,
+    #[serde(default)]
+    pub plans: Vec<PlanSection>,
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionSection>,
     /// Resolved addresses, filled by validation (not part of the file).
     #[serde(skip)]
     pub resolved: Resolved,
@@ -468,6 +494,7 @@ impl Config {
         let upstream_names = self.validate_upstreams(p);
         self.validate_apis(p, &listener_names, &upstream_names);
         self.validate_auth(p);
+        self.validate_access(p);
     }
 
     fn validate_limits(&self, p: &mut Problems<'_>) {

@@ -8,6 +8,7 @@ fn describe(status: u16) -> (&'static str, &'static str) {
     match status {
         400 => ("bad-request", "Bad Request"),
         401 => ("unauthorized", "Unauthorized"),
+        403 => ("forbidden", "Forbidden"),
         404 => ("no-route", "Not Found"),
         405 => ("method-not-allowed", "Method Not Allowed"),
         408 => ("request-timeout", "Request Timeout"),
@@ -32,15 +33,18 @@ pub fn write_problem(
     request_id: &[u8],
     extra_headers: &[u8],
 ) {
-    write_problem_with_reason(out, status, None, close, request_id, extra_headers);
+    write_problem_with_reason(out, status, None, None, close, request_id, extra_headers);
 }
 
-/// [`write_problem`] with a reason code (`"reason":"expired"`); a 503 with a reason is the
-/// gateway's authentication being unavailable, not the upstream.
+/// [`write_problem`] with a reason code (`"reason":"expired"`) and, for a refusal by a rule, the
+/// rule's name (`"rule":"own-tenant-only"`); a 503 with a reason is the gateway's
+/// authentication being unavailable, not the upstream. Reason codes and rule names are plain
+/// names (checked when the config is loaded), so they need no escaping.
 pub fn write_problem_with_reason(
     out: &mut Vec<u8>,
     status: u16,
     reason: Option<&str>,
+    rule: Option<&str>,
     close: bool,
     request_id: &[u8],
     extra_headers: &[u8],
@@ -49,7 +53,7 @@ pub fn write_problem_with_reason(
         (503, Some(_)) => ("auth-unavailable", "Service Unavailable"),
         _ => describe(status),
     };
-    let mut body = [0u8; 256];
+    let mut body = [0u8; 384];
     let body_len = {
         let mut cursor = &mut body[..];
         let _ = write!(
@@ -59,8 +63,11 @@ pub fn write_problem_with_reason(
         if let Some(reason) = reason {
             let _ = write!(cursor, ",\"reason\":\"{reason}\"");
         }
+        if let Some(rule) = rule {
+            let _ = write!(cursor, ",\"rule\":\"{rule}\"");
+        }
         let _ = write!(cursor, "}}");
-        256 - cursor.len()
+        384 - cursor.len()
     };
     let _ = write!(
         out,
@@ -102,7 +109,7 @@ mod tests {
     #[test]
     fn reasons_are_in_the_body() {
         let mut out = Vec::new();
-        write_problem_with_reason(&mut out, 401, Some("expired"), false, b"", b"");
+        write_problem_with_reason(&mut out, 401, Some("expired"), None, false, b"", b"");
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with(r#"{"type":"urn:credentialflow:problem:unauthorized","title":"Unauthorized","status":401,"reason":"expired"}"#), "{text}");
     }

@@ -93,6 +93,9 @@ pub struct Core {
     pub counters: CoreCounters,
     /// Credentials and keys this core authenticates from, with its scratch buffers.
     pub auth: CoreAuth,
+    /// Authorization counters and the scratch for subscription lookups.
+    pub access: crate::access::AccessCounters,
+    pub access_scratch: RefCell<String>,
 }
 
 impl Core {
@@ -112,6 +115,8 @@ impl Core {
             request_ids: RequestIds::new(seed, id),
             counters: CoreCounters::default(),
             auth: CoreAuth::new(auth, links),
+            access: crate::access::AccessCounters::default(),
+            access_scratch: RefCell::new(String::with_capacity(64)),
         }
     }
 

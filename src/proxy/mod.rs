@@ -11,6 +11,7 @@ pub mod request_id;
 
 pub use self::core::{Core, CoreTls, Generation};
 
+use crate::access;
 use crate::auth::{self, Outcome, Presented, Source};
 use crate::config::MAX_HEADERS_CEILING;
 use crate::http::chunked::ChunkedScanner;
@@ -68,8 +69,10 @@ struct Reject {
     status: u16,
     /// Header lines of the refusal (`Allow` for 405, `WWW-Authenticate` for 401).
     headers: RejectHeaders,
-    /// The reason code for the problem body (authentication refusals).
+    /// The reason code for the problem body (authentication and authorization refusals).
     reason: Option<&'static str>,
+    /// The rule that refused (authorization).
+    rule: Option<Box<str>>,
     request_id: RequestId,
     /// The head's length when the request has no body and the client keeps the connection, so
     /// the next request can follow the refusal; `None` means close.
@@ -79,8 +82,8 @@ struct Reject {
 /// Header lines a refusal carries.
 enum RejectHeaders {
     None,
-    /// `Allow: …` for a 405.
-    Allow(String),
+    /// Lines made for this refusal (`Allow: …` for a 405, a scope challenge for a 403).
+    Line(String),
     /// The route's `WWW-Authenticate` challenges.
     Challenge(Rc<[u8]>),
 }
@@ -89,7 +92,7 @@ impl RejectHeaders {
     fn as_bytes(&self) -> &[u8] {
         match self {
             RejectHeaders::None => b"",
-            RejectHeaders::Allow(line) => line.as_bytes(),
+            RejectHeaders::Line(line) => line.as_bytes(),
             RejectHeaders::Challenge(lines) => lines,
         }
     }
@@ -160,6 +163,8 @@ struct ClientInfo {
     listener: usize,
     /// The client's address as text, formatted once per connection.
     peer_ip: IpText,
+    /// The client's address, for authorization conditions.
+    peer: IpAddr,
     /// The connection arrived over TLS.
     tls: bool,
     /// The verified client certificate (mTLS), for the authentication phase.
@@ -206,6 +211,7 @@ pub async fn serve_connection(core: Rc<Core>, listener: usize, tcp: TcpStream, p
     let info = ClientInfo {
         listener,
         peer_ip: IpText::new(peer.ip()),
+        peer: peer.ip(),
         tls: false,
         identity: None,
         identity_fields: OnceCell::new(),
@@ -381,6 +387,7 @@ impl<C: ByteStream> Connection<C> {
             &mut self.out,
             reject.status,
             reject.reason,
+            reject.rule.as_deref(),
             close,
             reject.request_id.as_bytes(),
             reject.headers.as_bytes(),
@@ -892,6 +899,7 @@ fn prepare(
             status,
             headers,
             reason,
+            rule: None,
             request_id,
             reusable_head_len: (req.framing == BodyFraming::None && req.client_keep_alive())
                 .then_some(req.head_len),
@@ -907,7 +915,7 @@ fn prepare(
                 "Allow: {}\r\n",
                 router.allowed_methods(req.host, path).join(", ")
             );
-            return reject(405, RejectHeaders::Allow(allow), None);
+            return reject(405, RejectHeaders::Line(allow), None);
         }
         RouteMatch::NotFound => return reject(404, RejectHeaders::None, None),
     };
@@ -951,6 +959,18 @@ fn prepare(
             }
         }
     };
+
+    // 6. Authorize.
+    if let (Some((identity, _)), Some(policy)) = (&identity, &route.access) {
+        if let Some(refusal) = authorize(core, snapshot, policy, identity, client, req) {
+            return Prepare::Refused(Reject {
+                request_id,
+                reusable_head_len: (req.framing == BodyFraming::None && req.client_keep_alive())
+                    .then_some(req.head_len),
+                ..refusal
+            });
+        }
+    }
 
     // 8. Transform the request: the upstream head.
     let strip_credential = route.auth.as_ref().is_some_and(|a| !a.forward_credential);
@@ -1018,6 +1038,72 @@ fn prepare(
     })
 }
 
+/// The access decision for an authenticated request; a refusal (403) when denied. A shadow
+/// rule's would-be denial is logged and counted, never enforced.
+fn authorize(
+    core: &Core,
+    snapshot: &crate::snapshot::Snapshot,
+    policy: &access::RoutePolicy,
+    identity: &auth::Identity,
+    client: &ClientInfo,
+    req: &Request<'_>,
+) -> Option<Reject> {
+    let api = &snapshot.apis[policy.api];
+    let state = core.auth.state();
+    let request = access::Request {
+        method: req.method,
+        headers: req.headers,
+        client_ip: client.peer,
+        now: auth::unix_now(),
+    };
+    let mut scratch = core.access_scratch.borrow_mut();
+    let decision = access::decide(
+        api,
+        policy,
+        identity,
+        &state.credentials,
+        &request,
+        &mut scratch,
+    );
+    let counters = &core.access;
+    match decision {
+        access::Decision::Allow { shadow_rule } => {
+            counters.allowed.set(counters.allowed.get() + 1);
+            if let Some(rule) = shadow_rule {
+                counters
+                    .shadow_denials
+                    .set(counters.shadow_denials.get() + 1);
+                tracing::info!(core = core.id, rule, api = %api.name, consumer = %identity.consumer.id, "shadow rule would deny");
+            }
+            None
+        }
+        access::Decision::Deny {
+            reason,
+            rule,
+            scopes,
+        } => {
+            counters.denied.set(counters.denied.get() + 1);
+            let headers = if reason == access::Reason::InsufficientScope {
+                let wanted: Vec<&str> = scopes.iter().map(|s| &**s).collect();
+                RejectHeaders::Line(format!(
+                    "WWW-Authenticate: Bearer error=\"insufficient_scope\", scope=\"{}\"\r\n",
+                    wanted.join(" ")
+                ))
+            } else {
+                RejectHeaders::None
+            };
+            Some(Reject {
+                status: 403,
+                headers,
+                reason: Some(reason.code()),
+                rule: rule.map(Into::into),
+                request_id: RequestId::default(),
+                reusable_head_len: None,
+            })
+        }
+    }
+}
+
 /// A 401 (or 503) for an authentication refusal, with the route's challenges.
 fn refuse_auth(
     reject: impl FnOnce(u16, RejectHeaders, Option<&'static str>) -> Prepare,
@@ -1030,7 +1116,7 @@ fn refuse_auth(
             RejectHeaders::Challenge(Rc::from(&route.challenge_missing[..]))
         }
         (401, _) => RejectHeaders::Challenge(Rc::from(&route.challenge_invalid[..])),
-        _ => RejectHeaders::Allow("Retry-After: 1\r\n".into()),
+        _ => RejectHeaders::Line("Retry-After: 1\r\n".into()),
     };
     reject(status, headers, Some(reason.code()))
 }
