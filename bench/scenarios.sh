@@ -32,6 +32,7 @@ scenario_reset() {
     # Per-peer snippets, inserted verbatim into the generated configs:
     S_CFLOW_TOP=""         # top-level TOML (e.g. [[issuers]] tables), appended to the file
     S_CFLOW_LISTENER=""    # keys inside the [[listeners]] table (e.g. TLS)
+    S_CFLOW_API=""         # keys inside the [[apis]] table (e.g. subscription)
     S_CFLOW_ROUTE=""       # keys inside the [[apis.routes]] table (e.g. auth, scopes)
     S_NGINX_HTTP=""        # directives inside nginx's http {} (e.g. a map)
     S_NGINX_SERVER=""      # directives inside the proxy's server {}
@@ -206,6 +207,40 @@ entries = 0
 $S_CFLOW_TOP"
 }
 
+# Authorization on top of a reused RS256 token: an approved subscription, two scopes for GET,
+# a claims rule (the token's tenant must be the consumer's) and a client-address rule.
+# Credentialflow only: the peers have no equivalent policy engine.
+scenario_policy() {
+    jwt_common RS256
+    S_DESC="GET / with a reused RS256 token, then an access decision: approved subscription, two scopes, a claims rule and a CIDR rule."
+    S_HEADER_FILE="$ASSETS/auth/policy-header.txt"
+    S_REJECT_CHECKS=("" "-H @$ASSETS/auth/rs256-tampered.txt" "-H @$ASSETS/auth/policy-noscope-header.txt")
+    S_CFLOW_API='subscription = "approval"'
+    S_CFLOW_ROUTE='auth = ["jwt:bench"]
+scopes = { GET = ["orders:read", "orders:list"] }
+
+[[apis.routes.rules]]
+name = "own-tenant"
+effect = "deny"
+unless = ["claims.tenant_id == consumer.tenant"]
+
+[[apis.routes.rules]]
+name = "local-network"
+effect = "allow"
+when = ["client_ip in 127.0.0.0/8, 10.0.0.0/8"]'
+    S_CFLOW_TOP="$S_CFLOW_TOP
+
+[[consumers]]
+id = \"bench-user\"
+tenant = \"default\"
+
+[[subscriptions]]
+consumer = \"bench-user\"
+api = \"bench\"
+state = \"approved\""
+    S_SKIP=("nginx: no equivalent policy engine" "haproxy: no equivalent policy engine" "direct: the upstream does not authenticate")
+}
+
 setup_auth() {
     local dir="$ASSETS/auth" cf="$CFLOW_BIN"
     [[ -f $dir/done ]] && return 0
@@ -255,6 +290,10 @@ s = s[:-4] + ("AAAA" if not s.endswith("AAAA") else "BBBB")
 open(sys.argv[2], "w").write(f"Authorization: Bearer {h}.{p}.{s}\n")
 PY
     done
+    local policy='{"iss":"https://idp.bench","aud":"bench","sub":"bench-user","tenant_id":"default","scope":"orders:read orders:list"}'
+    printf 'Authorization: Bearer %s\n' "$("$cf" token mint --key "$dir/rs256.pem" --alg RS256 --kid k1 --claims "$policy" --ttl 24h)" >"$dir/policy-header.txt"
+    local noscope='{"iss":"https://idp.bench","aud":"bench","sub":"bench-user","tenant_id":"default","scope":"orders:read"}'
+    printf 'Authorization: Bearer %s\n' "$("$cf" token mint --key "$dir/rs256.pem" --alg RS256 --kid k1 --claims "$noscope" --ttl 24h)" >"$dir/policy-noscope-header.txt"
     "$cf" token mint --key "$dir/rs256.pem" --alg RS256 --kid k1 --claims "$claims" --ttl 24h --count 10000 |
         sed 's/^/Authorization: Bearer /' >"$dir/rs256-distinct.txt"
     touch "$dir/done"

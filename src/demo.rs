@@ -76,7 +76,10 @@ pub fn run(config_path: &Path) -> i32 {
             credentials.token
         );
         println!("  curl -i http://{address}/orders/1           # 401 missing_credential");
-        println!("  curl -i -H 'X-API-Key: {}' http://{address}/orders/admin   # 403 insufficient_scope", credentials.api_key);
+        println!(
+            "  curl -i -H 'X-API-Key: {}' http://{address}/orders/admin   # 403 insufficient_scope",
+            credentials.api_key
+        );
         println!("Stop with Ctrl-C.");
     })
 }

@@ -14,8 +14,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-const PEPPER: &str = "integration-test-pepper-0123456789";
 const ISS: &str = "https://corp.test";
 const AUD: &str = "orders-api";
 
@@ -30,20 +28,6 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-fn file_name(f: &TempFile) -> String {
-    f.path
-        .file_name()
-        .expect("file name")
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// A pepper file next to the configs the harness writes (both live in the temp directory), so
-/// the config can name it by a relative path.
-fn pepper_file() -> TempFile {
-    TempFile::new(&format!("{PEPPER}\n"), "pepper")
-}
-
 /// The usual gateway config (listener, upstream "app", api "demo" with `routes`) followed by
 /// the top-level tables in `extra` (`[auth]`, `[[issuers]]`, `[[consumers]]`).
 fn config(listen: u16, upstream: u16, routes: &[(&str, &str)], extra: &str) -> String {
@@ -52,86 +36,6 @@ fn config(listen: u16, upstream: u16, routes: &[(&str, &str)], extra: &str) -> S
         b = b.route(path, keys);
     }
     format!("{}\n{extra}\n", b.build())
-}
-
-fn cli_ok(args: &[&str]) -> String {
-    let out = run_cli(args, CLI_TIMEOUT);
-    assert_eq!(
-        out.code(),
-        Some(0),
-        "credentialflow {args:?} failed: {}",
-        out.combined()
-    );
-    out.stdout
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
-}
-
-/// An API key issued by `key new --json` against a config using `pepper`.
-struct IssuedKey {
-    key: String,
-    id: String,
-    hash: String,
-}
-
-fn issue_key(pepper: &TempFile, consumer: &str) -> IssuedKey {
-    let cfg = TempFile::new(
-        &config(
-            free_port(),
-            free_port(),
-            &[],
-            &format!("[auth]\nkey_pepper_file = \"{}\"\n", file_name(pepper)),
-        ),
-        "toml",
-    );
-    let out = cli_ok(&[
-        "key",
-        "new",
-        "-c",
-        &cfg.path_str(),
-        "--consumer",
-        consumer,
-        "--json",
-    ]);
-    let v = json(&out);
-    let key = v["key"].as_str().expect("key").to_string();
-    let id = v["credential"]["id"].as_str().expect("id").to_string();
-    let hash = v["credential"]["hash"].as_str().expect("hash").to_string();
-    assert_eq!(v["credential"]["kind"], "api_key");
-    assert!(key.starts_with(&format!("cf_{id}_")), "{key} / {id}");
-    assert_eq!(hash.len(), 64, "{hash}");
-    assert!(
-        !hash.contains(&key[3 + id.len() + 1..]),
-        "hash holds the secret"
-    );
-    IssuedKey { key, id, hash }
-}
-
-/// Runs the gateway binary with `stdin` as its standard input and without the pepper variable.
-fn run_with_stdin(args: &[&str], stdin: &str) -> CliOutput {
-    let mut child = Command::new(bin())
-        .args(args)
-        .env_remove("CREDENTIALFLOW_KEY_PEPPER")
-        .env("CREDENTIALFLOW_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn credentialflow");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("wait credentialflow");
-    CliOutput {
-        status: Some(out.status),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 /// A Basic credential hash from `basic new --json` (password on stdin).
@@ -160,68 +64,6 @@ fn basic_hash(user: &str, password: &str) -> String {
     hash
 }
 
-/// An ES256 signing key and its JWKS, made by `jwk new`.
-struct Jwk {
-    private: TempFile,
-    jwks: TempFile,
-    kid: String,
-}
-
-fn jwk_new(kid: &str) -> Jwk {
-    let private = TempFile::new("", "pem");
-    let jwks = TempFile::new("", "jwks");
-    cli_ok(&[
-        "jwk",
-        "new",
-        "--alg",
-        "ES256",
-        "--kid",
-        kid,
-        "--out-private",
-        &private.path_str(),
-        "--out-jwks",
-        &jwks.path_str(),
-    ]);
-    let doc = json(&std::fs::read_to_string(&jwks.path).expect("read jwks"));
-    assert_eq!(doc["keys"][0]["kid"], kid);
-    assert!(
-        doc["keys"][0].get("d").is_none(),
-        "the JWKS holds a private key"
-    );
-    Jwk {
-        private,
-        jwks,
-        kid: kid.to_string(),
-    }
-}
-
-impl Jwk {
-    /// `token mint` with these claims (iat/exp added unless present).
-    fn mint(&self, claims: &serde_json::Value) -> String {
-        self.mint_kid(&self.kid.clone(), claims)
-    }
-
-    fn mint_kid(&self, kid: &str, claims: &serde_json::Value) -> String {
-        let claims = claims.to_string();
-        cli_ok(&[
-            "token",
-            "mint",
-            "--key",
-            &self.private.path_str(),
-            "--alg",
-            "ES256",
-            "--kid",
-            kid,
-            "--claims",
-            &claims,
-            "--ttl",
-            "1h",
-        ])
-        .trim()
-        .to_string()
-    }
-}
-
 fn b64(data: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(data)
 }
@@ -232,51 +74,11 @@ fn decode_part(token: &str, i: usize) -> serde_json::Value {
     serde_json::from_slice(&bytes).expect("JSON part")
 }
 
-/// `GET path` on a fresh connection with extra header lines.
-fn get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
-    let mut raw = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
-    for (name, value) in headers {
-        raw.push_str(&format!("{name}: {value}\r\n"));
-    }
-    raw.push_str("\r\n");
-    request(port, raw.as_bytes())
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
-/// A refusal from the authentication phase: status, problem+json with the reason code.
-fn assert_refused(resp: &Response, status: u16, reason: &str) {
-    assert_problem(resp, status);
-    let body = resp.body_str();
-    assert!(
-        body.contains(&format!("\"reason\":\"{reason}\"")),
-        "expected reason {reason}, got {body}"
-    );
-}
-
 fn challenges(resp: &Response) -> Vec<String> {
     resp.headers_all("www-authenticate")
         .into_iter()
         .map(str::to_string)
         .collect()
-}
-
-/// Asserts a 200 that reached the upstream and returns what the upstream saw.
-fn assert_passed(resp: &Response, up: &TestUpstream, before: usize) -> RecordedRequest {
-    assert_eq!(
-        resp.status,
-        200,
-        "expected 200, got {} {}",
-        resp.status,
-        resp.body_str()
-    );
-    assert!(
-        up.wait_requests(before + 1, Duration::from_secs(5)),
-        "the upstream did not receive the request"
-    );
-    up.last_request()
 }
 
 // ---------------------------------------------------------------------------
@@ -1408,28 +1210,6 @@ fn a_route_with_several_methods_challenges_for_each() {
 // ---------------------------------------------------------------------------
 // check
 // ---------------------------------------------------------------------------
-
-fn check(config_text: &str) -> (TempFile, CliOutput) {
-    let file = TempFile::new(config_text, "toml");
-    let out = run_with_stdin(&["check", "-c", &file.path_str()], "");
-    (file, out)
-}
-
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("{needle:?} not in config"))
-        + 1
-}
-
-/// Runs `check` on `config_text`: it must fail and name the line holding `needle`.
-fn assert_refused_at(config_text: &str, needle: &str) -> CliOutput {
-    let (file, out) = check(config_text);
-    assert_eq!(out.code(), Some(1), "{}", out.combined());
-    let at = format!("{}:{}", file.path_str(), line_of(config_text, needle));
-    assert!(out.stderr.contains(&at), "expected {at} in {}", out.stderr);
-    out
-}
 
 #[test]
 fn check_refuses_plaintext_keys_missing_pepper_and_unknown_issuers() {

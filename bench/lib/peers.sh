@@ -166,6 +166,7 @@ keepalive_timeout = "240s"
 
 [[apis]]
 name = "bench"
+$S_CFLOW_API
 
 [[apis.routes]]
 path = "/"

@@ -198,12 +198,15 @@ impl super::Config {
                 let mut names = Vec::new();
                 for rule in &route.rules {
                     super::check_name(p, &rule.name, "apis.routes.rules.name", &mut names);
-                    if !rule.name.get_ref().bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')
-                    }) {
+                    let name = rule.name.get_ref();
+                    if name.len() > 64
+                        || !name.bytes().all(|b| {
+                            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')
+                        })
+                    {
                         p.on(
                             &rule.name,
-                            "apis.routes.rules.name: letters, digits, '-', '_', '.', ':' only"
+                            "apis.routes.rules.name: at most 64 letters, digits, '-', '_', '.', ':'"
                                 .into(),
                         );
                     }

@@ -77,6 +77,8 @@ struct Reject {
     /// The head's length when the request has no body and the client keeps the connection, so
     /// the next request can follow the refusal; `None` means close.
     reusable_head_len: Option<usize>,
+    /// The request was HEAD: the refusal carries no body.
+    head_only: bool,
 }
 
 /// Header lines a refusal carries.
@@ -392,6 +394,12 @@ impl<C: ByteStream> Connection<C> {
             reject.request_id.as_bytes(),
             reject.headers.as_bytes(),
         );
+        if reject.head_only {
+            // A response to HEAD has the fields of the GET response but no body.
+            if let Some(end) = self.out.windows(4).position(|w| w == b"\r\n\r\n") {
+                self.out.truncate(end + 4);
+            }
+        }
         let timeout = self.generation.snapshot.limits.body_timeout;
         if self.client.write_all(&mut self.out, timeout).await.is_err() || close {
             return Next::Close;
@@ -903,6 +911,7 @@ fn prepare(
             request_id,
             reusable_head_len: (req.framing == BodyFraming::None && req.client_keep_alive())
                 .then_some(req.head_len),
+            head_only: req.is_head(),
         })
     };
 
@@ -967,6 +976,7 @@ fn prepare(
                 request_id,
                 reusable_head_len: (req.framing == BodyFraming::None && req.client_keep_alive())
                     .then_some(req.head_len),
+                head_only: req.is_head(),
                 ..refusal
             });
         }
@@ -1099,6 +1109,7 @@ fn authorize(
                 rule: rule.map(Into::into),
                 request_id: RequestId::default(),
                 reusable_head_len: None,
+                head_only: false,
             })
         }
     }
