@@ -18,7 +18,12 @@ const MEMORY_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 /// Loads a config, printing every error to stderr. `None` when it is not valid.
 pub fn load_config(path: &Path) -> Option<Config> {
     match Config::load(path) {
-        Ok(config) => Some(config),
+        Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("warning: {warning}");
+            }
+            Some(config)
+        }
         Err(errors) => {
             report_config_errors(&errors);
             None
@@ -152,6 +157,9 @@ fn reload(current: &Config, workers: &[Worker], auth: &AuthService) -> Option<Co
             return None;
         }
     };
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "configuration warning");
+    }
     if config.resolved.listeners != current.resolved.listeners {
         tracing::error!("reload refused: listener addresses changed (restart to apply)");
         return None;

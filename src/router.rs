@@ -1,4 +1,5 @@
-//! Route selection: host (exact, then `*.suffix`, then any) → path (exact, then the longest
+//! Route selection: host (exact, then `*.suffix`, then any) → path (exact, then routes with
+//! path parameters such as `/tenants/{tenant}/orders` in file order, then the longest
 //! segment-aligned prefix) → method. Built once per snapshot; lookups allocate nothing.
 //!
 //! Paths are matched segment by segment with hash lookups, most specific first, so a route whose
@@ -28,11 +29,113 @@ pub enum RouteMatch {
     NotFound,
 }
 
+/// Most path parameters one route may have.
+pub const MAX_PATH_PARAMS: usize = 8;
+
+/// One segment of a path with parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(Box<str>),
+    /// `{name}`: any non-empty segment.
+    Param,
+}
+
+/// A route path with parameters (`/tenants/{tenant}/orders`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    segments: Box<[Segment]>,
+    /// Parameter names, in order.
+    pub names: Box<[Box<str>]>,
+    /// `prefix`: the pattern and anything below it.
+    prefix: bool,
+}
+
+/// A parameter's value: byte range in the request path.
+pub type ParamRange = (u16, u16);
+
+impl PathPattern {
+    /// The pattern of `path` when it has `{…}` segments; `Ok(None)` for a literal path.
+    pub fn parse(path: &str, prefix: bool) -> Result<Option<PathPattern>, String> {
+        if !path.contains(['{', '}']) {
+            return Ok(None);
+        }
+        let mut segments = Vec::new();
+        let mut names: Vec<Box<str>> = Vec::new();
+        for segment in normalise_prefix(path).split('/').skip(1) {
+            if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                let valid = !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !valid {
+                    return Err(format!(
+                        "`{{{name}}}`: a parameter name is letters, digits and '_'"
+                    ));
+                }
+                if names.iter().any(|n| &**n == name) {
+                    return Err(format!("parameter `{name}` appears twice"));
+                }
+                names.push(name.into());
+                segments.push(Segment::Param);
+            } else if segment.contains(['{', '}']) {
+                return Err(format!(
+                    "`{segment}`: a parameter is a whole segment, `{{name}}`"
+                ));
+            } else {
+                segments.push(Segment::Literal(segment.into()));
+            }
+        }
+        if names.len() > MAX_PATH_PARAMS {
+            return Err(format!("at most {MAX_PATH_PARAMS} parameters per path"));
+        }
+        Ok(Some(PathPattern {
+            segments: segments.into(),
+            names: names.into(),
+            prefix,
+        }))
+    }
+
+    /// Matches `path`; fills `params` (one range per name) and returns the length of the
+    /// matched part of the path.
+    pub fn capture(&self, path: &str, params: &mut [ParamRange; MAX_PATH_PARAMS]) -> Option<usize> {
+        if path.len() > u16::MAX as usize || !path.starts_with('/') {
+            return None;
+        }
+        let mut at = 1;
+        let mut param = 0;
+        for (i, segment) in self.segments.iter().enumerate() {
+            let rest = &path[at..];
+            let len = rest.find('/').unwrap_or(rest.len());
+            let value = &rest[..len];
+            match segment {
+                Segment::Literal(lit) if **lit == *value => {}
+                Segment::Param if !value.is_empty() => {
+                    params[param] = (at as u16, (at + len) as u16);
+                    param += 1;
+                }
+                _ => return None,
+            }
+            let end = at + len;
+            let last = i + 1 == self.segments.len();
+            if last {
+                let tail = &path[end..];
+                let ok = tail.is_empty() || tail == "/" || (self.prefix && tail.starts_with('/'));
+                return ok.then_some(end);
+            }
+            if end >= path.len() {
+                return None;
+            }
+            at = end + 1;
+        }
+        Some(1)
+    }
+}
+
 /// Routes sharing one host pattern, keyed by path.
 #[derive(Debug, Default)]
 struct PathTable {
     exact: FxHashMap<Box<[u8]>, Vec<usize>>,
     prefix: FxHashMap<Box<[u8]>, Vec<usize>>,
+    /// Routes with path parameters, in file order.
+    patterns: Vec<(PathPattern, usize)>,
 }
 
 /// The routes of one listener.
@@ -161,6 +264,17 @@ impl Router {
         if let Some(index) = self.pick(table.exact.get(path.as_bytes()), method, &mut mismatch) {
             return RouteMatch::Found(index);
         }
+        if !table.patterns.is_empty() {
+            let mut params = [(0, 0); MAX_PATH_PARAMS];
+            for (pattern, index) in &table.patterns {
+                if pattern.capture(path, &mut params).is_some() {
+                    if self.method_fits(*index, method) {
+                        return RouteMatch::Found(*index);
+                    }
+                    mismatch = true;
+                }
+            }
+        }
         if !table.prefix.is_empty() {
             // Longest segment-aligned prefix first: "/a/b/c", "/a/b", "/a", "/".
             let mut candidate = normalise_prefix(path);
@@ -192,6 +306,12 @@ impl Router {
 
 impl PathTable {
     fn insert(&mut self, index: usize, key: &RouteKey) {
+        if let Ok(Some(pattern)) =
+            PathPattern::parse(&key.path, key.path_match == PathMatch::Prefix)
+        {
+            self.patterns.push((pattern, index));
+            return;
+        }
         let map = match key.path_match {
             PathMatch::Exact => &mut self.exact,
             PathMatch::Prefix => &mut self.prefix,
@@ -251,6 +371,67 @@ mod tests {
         assert_eq!(r.lookup(b"a", "/api/health", "GET"), RouteMatch::Found(3));
         assert_eq!(r.lookup(b"a", "/api/health/x", "GET"), RouteMatch::Found(1));
         assert_eq!(r.lookup(b"a", "/", "GET"), RouteMatch::Found(0));
+    }
+
+    #[test]
+    fn path_parameters_match_whole_segments() {
+        let r = router(&[
+            key(&[], "/", PathMatch::Prefix, &[]),
+            key(&[], "/tenants/{tenant}/orders", PathMatch::Prefix, &[]),
+            key(
+                &[],
+                "/tenants/{tenant}/users/{id}",
+                PathMatch::Exact,
+                &["GET"],
+            ),
+            key(&[], "/tenants/acme/orders", PathMatch::Exact, &[]),
+        ]);
+        assert_eq!(
+            r.lookup(b"a", "/tenants/acme/orders", "GET"),
+            RouteMatch::Found(3)
+        );
+        assert_eq!(
+            r.lookup(b"a", "/tenants/globex/orders", "GET"),
+            RouteMatch::Found(1)
+        );
+        assert_eq!(
+            r.lookup(b"a", "/tenants/globex/orders/7", "GET"),
+            RouteMatch::Found(1)
+        );
+        assert_eq!(
+            r.lookup(b"a", "/tenants/globex/ordersx", "GET"),
+            RouteMatch::Found(0)
+        );
+        assert_eq!(
+            r.lookup(b"a", "/tenants//orders", "GET"),
+            RouteMatch::Found(0)
+        );
+        assert_eq!(
+            r.lookup(b"a", "/tenants/g/users/9", "GET"),
+            RouteMatch::Found(2)
+        );
+        assert_eq!(
+            r.lookup(b"a", "/tenants/g/users/9/x", "GET"),
+            RouteMatch::Found(0)
+        );
+        assert_eq!(
+            r.lookup(b"a", "/tenants/g/users/9", "POST"),
+            RouteMatch::Found(0)
+        );
+
+        let pattern = PathPattern::parse("/tenants/{tenant}/users/{id}", false)
+            .unwrap()
+            .unwrap();
+        let mut params = [(0, 0); MAX_PATH_PARAMS];
+        let path = "/tenants/acme/users/42";
+        assert_eq!(pattern.capture(path, &mut params), Some(path.len()));
+        assert_eq!(&path[params[0].0 as usize..params[0].1 as usize], "acme");
+        assert_eq!(&path[params[1].0 as usize..params[1].1 as usize], "42");
+        let prefix = PathPattern::parse("/t/{t}", true).unwrap().unwrap();
+        assert_eq!(prefix.capture("/t/x/more", &mut params), Some(4));
+        for bad in ["/a/{}", "/a/x{y}", "/a/{b}/{b}", "/a/{b-c}"] {
+            assert!(PathPattern::parse(bad, false).is_err(), "{bad}");
+        }
     }
 
     #[test]

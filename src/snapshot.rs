@@ -55,6 +55,8 @@ pub struct Route {
     pub auth: Option<RouteAuth>,
     /// Who may call it (authenticated routes only).
     pub access: Option<RoutePolicy>,
+    /// The path's parameters (`/tenants/{tenant}/orders`), when it has any.
+    pub pattern: Option<crate::router::PathPattern>,
 }
 
 /// A group of targets and how to use them.
@@ -160,6 +162,12 @@ impl Snapshot {
                     max_body_bytes: r.max_body_bytes.unwrap_or(config.limits.max_body_bytes),
                     client_cert_headers: r.client_cert_headers,
                     access: route_auth.as_ref().map(|_| compile_policy(api_index, r)),
+                    pattern: crate::router::PathPattern::parse(
+                        r.path.get_ref(),
+                        r.path_match == crate::config::PathMatch::Prefix,
+                    )
+                    .ok()
+                    .flatten(),
                     auth: route_auth,
                 });
                 route_listeners.push(r.listeners.iter().map(|l| l.get_ref().clone()).collect());

@@ -1197,11 +1197,7 @@ fn check_refuses_inconsistent_access_configs_at_their_line() {
             "authentication",
         ),
         // Conditions.
-        (
-            cond("path.tenant == 'x'"),
-            "path.tenant",
-            "not supported yet",
-        ),
+        (cond("path.a.b == 'x'"), "path.a.b", "plain name"),
         (
             cond("time in Mon-Fri 08:00-18:00 UTC"),
             "time in",
@@ -1270,4 +1266,130 @@ fn check_refuses_inconsistent_access_configs_at_their_line() {
             out.stderr
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Path parameters
+// ---------------------------------------------------------------------------
+
+#[test]
+fn path_parameters_route_and_feed_conditions() {
+    let own_tenant = rule(
+        "own-tenant-only",
+        "deny",
+        "unless = [\"claims.tenant_id == path.tenant\"]",
+    );
+    let env = Env::start(
+        "",
+        &[
+            ("/tenants/{tenant}/orders", &own_tenant),
+            (
+                "/v1/{tenant}/items",
+                &format!(
+                    "strip_prefix = true\n{}",
+                    rule(
+                        "mine",
+                        "deny",
+                        "unless = [\"path.tenant == consumer.tenant\"]"
+                    )
+                ),
+            ),
+        ],
+        &[("acme-app", "tenant = \"default\"", &[])],
+        "",
+    );
+    let acme = env.token("someone", json!({ "tenant_id": "acme" }));
+    env.allowed("GET", "/tenants/acme/orders", &[("Authorization", &acme)]);
+    env.allowed("GET", "/tenants/acme/orders/7", &[("Authorization", &acme)]);
+    env.denied(
+        "GET",
+        "/tenants/globex/orders",
+        &[("Authorization", &acme)],
+        "denied_by_rule",
+        Some("own-tenant-only"),
+    );
+    // No claim: the condition cannot hold, the deny applies.
+    let bare = env.token("someone", json!({}));
+    env.denied(
+        "GET",
+        "/tenants/acme/orders",
+        &[("Authorization", &bare)],
+        "denied_by_rule",
+        Some("own-tenant-only"),
+    );
+    // A literal segment that differs does not match the route at all.
+    let resp = call_with(
+        env.gw.port(),
+        "GET",
+        "/tenants/acme/invoices",
+        &[("Authorization", &acme)],
+    );
+    assert_eq!(resp.status, 404, "{}", resp.body_str());
+
+    // strip_prefix removes the matched part, parameters included.
+    let before = env.up.requests();
+    let resp = call_with(
+        env.gw.port(),
+        "GET",
+        "/v1/default/items/9?x=1",
+        &[env.key("acme-app")],
+    );
+    assert_eq!(resp.status, 200, "{}", resp.body_str());
+    assert!(env.up.wait_requests(before + 1, Duration::from_secs(5)));
+    assert_eq!(env.up.last_request().target, "/9?x=1");
+    env.denied(
+        "GET",
+        "/v1/other/items",
+        &[env.key("acme-app")],
+        "denied_by_rule",
+        Some("mine"),
+    );
+}
+
+#[test]
+fn check_warns_about_rules_that_can_never_match() {
+    let pepper = pepper_file();
+    let key = issue_key(&pepper, "alice");
+    let cfg = access_config(
+        &pepper,
+        &key,
+        "",
+        &rule("ghost", "deny", "when = [\"path.region == 'eu'\"]"),
+        "",
+    );
+    let (file, out) = check(&cfg);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "warnings do not fail the check: {}",
+        out.combined()
+    );
+    let at = format!(
+        "warning: {}:{}:",
+        file.path_str(),
+        line_of(&cfg, "path.region")
+    );
+    assert!(out.stderr.contains(&at), "expected {at} in {}", out.stderr);
+
+    let cfg = config(
+        free_port(),
+        free_port(),
+        "auth = [\"api_key\"]",
+        &[(
+            "/g",
+            "groups = [\"nobody-has-this\"]\nscopes = { GET = [\"never:carried\"] }",
+        )],
+        &format!("[auth]\nkey_pepper_file = \"{}\"\n", file_name(&pepper)),
+    );
+    let (file, out) = check(&cfg);
+    assert_eq!(out.code(), Some(0), "{}", out.combined());
+    for needle in ["nobody-has-this", "never:carried"] {
+        assert!(out.stderr.contains(needle), "{needle} in {}", out.stderr);
+    }
+    assert!(
+        out.stderr
+            .contains(&format!("warning: {}:", file.path_str())),
+        "{}",
+        out.stderr
+    );
 }

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! claims.<name> == 'literal' | claims.<name> == header.<name> | … (any two operands)
+//! claims.<name> == path.<param>              (a parameter of the route's path)
 //! claims.<name> in ['a', 'b']
 //! client_ip in 10.0.0.0/8, 2001:db8::/32      (or a bracketed list)
 //! header.<name> == '…'
@@ -25,6 +26,8 @@ pub enum Operand {
     Metadata(Box<str>),
     ConsumerId,
     ConsumerTenant,
+    /// `path.<param>`: a parameter of the route's path.
+    PathParam(Box<str>),
     Literal(Box<str>),
 }
 
@@ -41,6 +44,8 @@ pub struct Facts<'a> {
     pub identity: &'a Identity,
     pub headers: &'a [httparse::Header<'a>],
     pub client_ip: IpAddr,
+    /// The route's path parameters: (name, value).
+    pub path_params: &'a [(&'a str, &'a str)],
 }
 
 fn literal(text: &str) -> Option<&str> {
@@ -88,14 +93,14 @@ fn operand(text: &str) -> Result<Operand, String> {
     if let Some(name) = named("consumer.metadata.") {
         return Ok(Operand::Metadata(name?.into()));
     }
+    if let Some(name) = named("path.") {
+        return Ok(Operand::PathParam(name?.into()));
+    }
     match t {
         "consumer.id" => Ok(Operand::ConsumerId),
         "consumer.tenant" => Ok(Operand::ConsumerTenant),
-        _ if t.starts_with("path.") => Err(format!(
-            "`{t}`: path parameters in conditions are not supported yet"
-        )),
         _ => Err(format!(
-            "`{t}`: expected 'literal', claims.<name>, header.<name>, consumer.metadata.<key>, consumer.id or consumer.tenant"
+            "`{t}`: expected 'literal', claims.<name>, path.<param>, header.<name>, consumer.metadata.<key>, consumer.id or consumer.tenant"
         )),
     }
 }
@@ -113,6 +118,19 @@ fn list(text: &str) -> Vec<&str> {
 }
 
 impl Condition {
+    /// The path parameters the condition reads.
+    pub fn path_params(&self) -> impl Iterator<Item = &str> {
+        let operands: [Option<&Operand>; 2] = match self {
+            Condition::Eq(a, b) => [Some(a), Some(b)],
+            Condition::In(a, _) => [Some(a), None],
+            Condition::IpIn(_) => [None, None],
+        };
+        operands.into_iter().flatten().filter_map(|o| match o {
+            Operand::PathParam(name) => Some(&**name),
+            _ => None,
+        })
+    }
+
     pub fn parse(text: &str) -> Result<Condition, String> {
         let t = text.trim();
         if t.starts_with("time ") {
@@ -175,6 +193,11 @@ impl Operand {
             Operand::Metadata(key) => facts.identity.consumer.metadata(key),
             Operand::ConsumerId => Some(&facts.identity.consumer.id),
             Operand::ConsumerTenant => Some(&facts.identity.consumer.tenant),
+            Operand::PathParam(name) => facts
+                .path_params
+                .iter()
+                .find(|(n, _)| *n == &**name)
+                .map(|(_, v)| *v),
             Operand::Literal(value) => Some(value),
         }
     }
@@ -204,7 +227,6 @@ mod tests {
         );
         for bad in [
             "claims.a.b == 'x'",
-            "path.tenant == 'x'",
             "time in Mon-Fri 08:00-18:00 UTC",
             "claims.a in [x]",
             "claims.a != 'x'",

@@ -144,6 +144,8 @@ pub struct Request<'r> {
     pub method: &'r str,
     pub headers: &'r [httparse::Header<'r>],
     pub client_ip: std::net::IpAddr,
+    /// The route's path parameters: (name, value).
+    pub path_params: &'r [(&'r str, &'r str)],
     pub now: i64,
 }
 
@@ -218,6 +220,7 @@ pub fn decide<'p>(
         identity,
         headers: request.headers,
         client_ip: request.client_ip,
+        path_params: request.path_params,
     };
     let mut shadow_rule = None;
     let mut allow_rules = false;

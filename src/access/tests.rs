@@ -87,6 +87,7 @@ fn run(
         method,
         headers: &[],
         client_ip: ip.parse().unwrap(),
+        path_params: &[("tenant", "acme")],
         now: 1_000,
     };
     match decide(api, route, id, index, &request, &mut String::new()) {

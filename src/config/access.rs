@@ -158,6 +158,11 @@ impl super::Config {
                 }
             }
             for route in &api.routes {
+                let params = crate::router::PathPattern::parse(route.path.get_ref(), true)
+                    .ok()
+                    .flatten()
+                    .map(|p| p.names)
+                    .unwrap_or_default();
                 let protected = route
                     .auth
                     .as_ref()
@@ -217,8 +222,46 @@ impl super::Config {
                         );
                     }
                     for condition in rule.when.iter().chain(&rule.unless) {
-                        if let Err(message) = Condition::parse(condition.get_ref()) {
-                            p.on(condition, format!("apis.routes.rules: {message}"));
+                        match Condition::parse(condition.get_ref()) {
+                            Err(message) => {
+                                p.on(condition, format!("apis.routes.rules: {message}"))
+                            }
+                            Ok(parsed) => {
+                                for name in parsed.path_params() {
+                                    if !params.iter().any(|n| &**n == name) {
+                                        p.warn_at(
+                                            condition.span().start,
+                                            format!("rule `{}` reads path.{name}, which the route path `{}` does not have: the condition never holds", rule.name.get_ref(), route.path.get_ref()),
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                for group in &route.groups {
+                    if !self.consumers.iter().any(|c| c.groups.contains(group)) {
+                        p.warn_at(
+                            route.path.span().start,
+                            format!("group `{group}` is held by no [[consumers]]: only consumers added later can pass"),
+                        );
+                    }
+                }
+                let methods = route.auth.as_ref().or(api.auth.as_ref());
+                let takes_jwt =
+                    methods.is_some_and(|m| m.iter().any(|m| m.get_ref().starts_with("jwt:")));
+                if let (false, Some(scopes)) = (takes_jwt, &route.scopes) {
+                    for scope in scopes.get_ref().values().flatten() {
+                        let carried = self
+                            .consumers
+                            .iter()
+                            .flat_map(|c| &c.credentials)
+                            .any(|c| c.get_ref().scopes.contains(scope));
+                        if !carried {
+                            p.warn_at(
+                                scopes.span().start,
+                                format!("scope `{scope}` is carried by no credential and the route accepts no JWT: requests needing it are always refused"),
+                            );
                         }
                     }
                 }

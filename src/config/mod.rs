@@ -385,6 +385,9 @@ pub struct Config {
     /// The file this config was read from (reloads read it again).
     #[serde(skip)]
     pub source_path: std::path::PathBuf,
+    /// Valid but suspicious settings (`file:line: message`): printed by `check`, logged at start.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// What validation computed on the control side: addresses (so that no core ever does a DNS
@@ -414,9 +417,18 @@ struct Problems<'a> {
     path: &'a str,
     source: &'a str,
     errors: Vec<ConfigError>,
+    /// `file:line: message` for things that are valid but can never work as written.
+    warnings: Vec<String>,
 }
 
 impl Problems<'_> {
+    /// A warning at the line of `offset`.
+    fn warn_at(&mut self, offset: usize, message: String) {
+        let line = self.line_of(offset);
+        self.warnings
+            .push(format!("{}:{line}: {message}", self.path));
+    }
+
     fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.source.len());
         self.source.as_bytes()[..end]
@@ -467,6 +479,7 @@ impl Config {
             path,
             source,
             errors: Vec::new(),
+            warnings: Vec::new(),
         };
         let mut config: Config = match toml::from_str(source) {
             Ok(config) => config,
@@ -482,6 +495,7 @@ impl Config {
         config.source_path = std::path::PathBuf::from(path);
         config.validate(&mut problems);
         if problems.errors.is_empty() {
+            config.warnings = problems.warnings;
             Ok(config)
         } else {
             Err(problems.errors)
@@ -627,11 +641,13 @@ impl Config {
                         &route.path,
                         format!("apis.routes.path `{path}` must start with '/'"),
                     );
-                } else if path.contains(['{', '}', '*', '?', '#', ' ']) {
+                } else if path.contains(['*', '?', '#', ' ']) {
                     p.on(
                         &route.path,
-                        format!("apis.routes.path `{path}` must be a literal path (no '{{', '}}', '*', '?', '#', spaces)"),
+                        format!("apis.routes.path `{path}` must be a path (no '*', '?', '#', spaces; parameters as whole `{{name}}` segments)"),
                     );
+                } else if let Err(message) = crate::router::PathPattern::parse(path, true) {
+                    p.on(&route.path, format!("apis.routes.path `{path}`: {message}"));
                 }
                 if !upstreams.iter().any(|u| u == route.upstream.get_ref()) {
                     p.on(

@@ -20,8 +20,8 @@ use crate::http::problem::{write_problem, write_problem_with_reason};
 use crate::http::request::{self, HeadLimits, Request};
 use crate::http::response::{self, Response};
 use crate::http::{header_slots, BodyFraming};
-use crate::router::RouteMatch;
-use crate::snapshot::{Route, Upstream};
+use crate::router::{ParamRange, PathPattern, RouteMatch, MAX_PATH_PARAMS};
+use crate::snapshot::Upstream;
 use crate::tls::certificate::ClientIdentity;
 use io::{linger_close, ByteStream, IoFail, UpstreamStream};
 use monoio::net::TcpStream;
@@ -929,6 +929,11 @@ fn prepare(
         RouteMatch::NotFound => return reject(404, RejectHeaders::None, None),
     };
     let route = &snapshot.routes[route_index];
+    let mut params = [(0, 0); MAX_PATH_PARAMS];
+    let matched_len = route
+        .pattern
+        .as_ref()
+        .and_then(|pattern| pattern.capture(path, &mut params));
 
     // 4. Filter.
     if let BodyFraming::Length(n) = req.framing {
@@ -971,7 +976,9 @@ fn prepare(
 
     // 6. Authorize.
     if let (Some((identity, _)), Some(policy)) = (&identity, &route.access) {
-        if let Some(refusal) = authorize(core, snapshot, policy, identity, client, req) {
+        let path_params = (route.pattern.as_ref(), path, &params);
+        if let Some(refusal) = authorize(core, snapshot, policy, identity, client, req, path_params)
+        {
             return Prepare::Refused(Reject {
                 request_id,
                 reusable_head_len: (req.framing == BodyFraming::None && req.client_keep_alive())
@@ -992,7 +999,10 @@ fn prepare(
         (Some((_, Source::Query)), Some(a)) if strip_credential => a.api_key_query.as_deref(),
         _ => None,
     };
-    push_target(out, req.target, route, query_key);
+    let strip_len = route
+        .strip_prefix
+        .then(|| matched_len.unwrap_or_else(|| route.key.path.trim_end_matches('/').len()));
+    push_target(out, req.target, strip_len, query_key);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     copy_fields(out, req.head, req.headers, |name| {
         is_hop_by_hop(name)
@@ -1057,13 +1067,23 @@ fn authorize(
     identity: &auth::Identity,
     client: &ClientInfo,
     req: &Request<'_>,
+    (pattern, path, ranges): (Option<&PathPattern>, &str, &[ParamRange; MAX_PATH_PARAMS]),
 ) -> Option<Reject> {
     let api = &snapshot.apis[policy.api];
     let state = core.auth.state();
+    let mut path_params = [("", ""); MAX_PATH_PARAMS];
+    let count = pattern.map_or(0, |p| p.names.len());
+    if let Some(pattern) = pattern {
+        for (i, name) in pattern.names.iter().enumerate() {
+            let (start, end) = ranges[i];
+            path_params[i] = (name, path.get(start as usize..end as usize).unwrap_or(""));
+        }
+    }
     let request = access::Request {
         method: req.method,
         headers: req.headers,
         client_ip: client.peer,
+        path_params: &path_params[..count],
         now: auth::unix_now(),
     };
     let mut scratch = core.access_scratch.borrow_mut();
@@ -1132,12 +1152,17 @@ fn refuse_auth(
     reject(status, headers, Some(reason.code()))
 }
 
-/// Writes the request target for the upstream: the matched prefix removed when the route
-/// strips it, and the query parameter `drop_param` (an API key) left out.
-fn push_target(out: &mut Vec<u8>, target: &str, route: &Route, drop_param: Option<&str>) {
-    let target = if route.strip_prefix {
-        let prefix = route.key.path.trim_end_matches('/');
-        let rest = &target[prefix.len().min(target.len())..];
+/// Writes the request target for the upstream: the first `strip_len` bytes (the matched
+/// prefix) removed when the route strips it, and the query parameter `drop_param` (an API key)
+/// left out.
+fn push_target(
+    out: &mut Vec<u8>,
+    target: &str,
+    strip_len: Option<usize>,
+    drop_param: Option<&str>,
+) {
+    let target = if let Some(strip_len) = strip_len {
+        let rest = &target[strip_len.min(target.len())..];
         if !rest.starts_with('/') {
             out.push(b'/');
         }
