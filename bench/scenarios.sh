@@ -208,21 +208,29 @@ $S_CFLOW_TOP"
 }
 
 # Authorization on top of a reused RS256 token: an approved subscription, two scopes for GET,
-# a claims rule (the token's tenant must be the consumer's) and a client-address rule.
+# a path-parameter rule (the token's tenant must be the one in the path) and a client-address
+# rule. The route `/tenants/{tenant}/orders` strips its prefix, so the upstream answers `/`.
 # Credentialflow only: the peers have no equivalent policy engine.
 scenario_policy() {
     jwt_common RS256
-    S_DESC="GET / with a reused RS256 token, then an access decision: approved subscription, two scopes, a claims rule and a CIDR rule."
+    S_DESC="GET /tenants/default/orders with a reused RS256 token, then an access decision: approved subscription, two scopes, a path-parameter rule and a CIDR rule."
+    S_PATH="/tenants/default/orders"
     S_HEADER_FILE="$ASSETS/auth/policy-header.txt"
     S_REJECT_CHECKS=("" "-H @$ASSETS/auth/rs256-tampered.txt" "-H @$ASSETS/auth/policy-noscope-header.txt")
     S_CFLOW_API='subscription = "approval"'
     S_CFLOW_ROUTE='auth = ["jwt:bench"]
+
+[[apis.routes]]
+path = "/tenants/{tenant}/orders"
+upstream = "upstream"
+strip_prefix = true
+auth = ["jwt:bench"]
 scopes = { GET = ["orders:read", "orders:list"] }
 
 [[apis.routes.rules]]
 name = "own-tenant"
 effect = "deny"
-unless = ["claims.tenant_id == consumer.tenant"]
+unless = ["claims.tenant_id == path.tenant"]
 
 [[apis.routes.rules]]
 name = "local-network"

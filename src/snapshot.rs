@@ -303,6 +303,7 @@ fn compile_auth(config: &Config) -> AuthConfig {
                 .map(|(claim, header)| (claim.as_str().into(), header.get_ref().as_str().into()))
                 .collect(),
             require_consumer: i.require_consumer,
+            scopes_claim: i.scopes_claim.as_deref().map(Into::into),
             remote: i.jwks_url.is_some(),
             refetch_cooldown: i.jwks_refetch_cooldown.0,
         })

@@ -1198,10 +1198,11 @@ fn check_refuses_inconsistent_access_configs_at_their_line() {
         ),
         // Conditions.
         (cond("path.a.b == 'x'"), "path.a.b", "plain name"),
+        (cond("time in Mon-Fri 08:00-18:00"), "time in", "IANA zone"),
         (
-            cond("time in Mon-Fri 08:00-18:00 UTC"),
-            "time in",
-            "not supported yet",
+            cond("time in Mon-Fri 08:00-18:00 Nowhere/Atlantis"),
+            "Nowhere/Atlantis",
+            "time zone",
         ),
         (cond("claims.a != 'x'"), "claims.a !=", "claims.a"),
         (cond("claims.a.b == 'x'"), "claims.a.b", "nested"),
@@ -1392,4 +1393,35 @@ fn check_warns_about_rules_that_can_never_match() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn time_windows_use_the_clock_and_the_zone() {
+    let hour = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        / 3600
+        % 24) as i64;
+    let at = |h: i64| format!("{:02}:00", h.rem_euclid(24));
+    // A window around the current hour, and one that excludes it (both in UTC, every day).
+    let open = format!("time in * {}-{} UTC", at(hour - 1), at(hour + 2));
+    let shut = format!("time in * {}-{} UTC", at(hour + 3), at(hour + 5));
+    let env = Env::start(
+        "",
+        &[
+            (
+                "/open",
+                &rule("open", "allow", &format!("when = [\"{open}\"]")),
+            ),
+            (
+                "/shut",
+                &rule("shut", "allow", &format!("when = [\"{shut}\"]")),
+            ),
+        ],
+        &[("app", "", &[])],
+        "",
+    );
+    env.allowed("GET", "/open", &[env.key("app")]);
+    env.denied("GET", "/shut", &[env.key("app")], "denied_by_rule", None);
 }

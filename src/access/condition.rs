@@ -9,9 +9,11 @@
 //! header.<name> == '…'
 //! consumer.metadata.<key> in ['gold', 'silver']
 //! consumer.id / consumer.tenant
+//! time in Mon-Fri 08:00-18:00 Europe/Paris
 //! ```
 
 use super::cidr::Cidr;
+use super::time_window::TimeWindow;
 use crate::auth::Identity;
 use std::net::IpAddr;
 
@@ -37,6 +39,8 @@ pub enum Condition {
     Eq(Operand, Operand),
     In(Operand, Box<[Box<str>]>),
     IpIn(Box<[Cidr]>),
+    /// `time in Mon-Fri 08:00-18:00 Europe/Paris`.
+    Time(TimeWindow),
 }
 
 /// What a condition can look at.
@@ -46,6 +50,8 @@ pub struct Facts<'a> {
     pub client_ip: IpAddr,
     /// The route's path parameters: (name, value).
     pub path_params: &'a [(&'a str, &'a str)],
+    /// Unix seconds.
+    pub now: i64,
 }
 
 fn literal(text: &str) -> Option<&str> {
@@ -123,7 +129,7 @@ impl Condition {
         let operands: [Option<&Operand>; 2] = match self {
             Condition::Eq(a, b) => [Some(a), Some(b)],
             Condition::In(a, _) => [Some(a), None],
-            Condition::IpIn(_) => [None, None],
+            Condition::IpIn(_) | Condition::Time(_) => [None, None],
         };
         operands.into_iter().flatten().filter_map(|o| match o {
             Operand::PathParam(name) => Some(&**name),
@@ -133,8 +139,8 @@ impl Condition {
 
     pub fn parse(text: &str) -> Result<Condition, String> {
         let t = text.trim();
-        if t.starts_with("time ") {
-            return Err(format!("`{t}`: time windows are not supported yet"));
+        if let Some(window) = t.strip_prefix("time in ") {
+            return TimeWindow::parse(window).map(Condition::Time);
         }
         if let Some(rest) = t.strip_prefix("client_ip in ") {
             let ranges = list(rest)
@@ -176,6 +182,7 @@ impl Condition {
                 .resolve(facts)
                 .is_some_and(|a| values.iter().any(|v| &**v == a)),
             Condition::IpIn(ranges) => ranges.iter().any(|r| r.contains(facts.client_ip)),
+            Condition::Time(window) => window.contains(facts.now),
         }
     }
 }
@@ -227,7 +234,7 @@ mod tests {
         );
         for bad in [
             "claims.a.b == 'x'",
-            "time in Mon-Fri 08:00-18:00 UTC",
+            "time in Mon-Fri 08:00-18:00",
             "claims.a in [x]",
             "claims.a != 'x'",
             "client_ip in nowhere",

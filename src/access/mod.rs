@@ -6,6 +6,7 @@
 
 pub mod cidr;
 pub mod condition;
+pub mod time_window;
 
 use crate::auth::index::{CredentialIndex, SubscriptionState};
 use crate::auth::Identity;
@@ -221,6 +222,7 @@ pub fn decide<'p>(
         headers: request.headers,
         client_ip: request.client_ip,
         path_params: request.path_params,
+        now: request.now,
     };
     let mut shadow_rule = None;
     let mut allow_rules = false;

@@ -171,6 +171,8 @@ pub struct Issuer {
     pub claim_headers: Box<[(Box<str>, Box<str>)]>,
     /// Refuse tokens whose consumer claim names no configured consumer.
     pub require_consumer: bool,
+    /// The claim scopes are read from; `None`: `scope` (space-separated) and `scp` (array).
+    pub scopes_claim: Option<Box<str>>,
     /// Keys come from a URL (refetched on an unknown `kid`).
     pub remote: bool,
     pub refetch_cooldown: Duration,
@@ -771,13 +773,19 @@ impl Ctx<'_> {
                             .strings()
                             .any(|a| issuer.audiences.iter().any(|want| &**want == a))
                     }
-                    "scope" => {
-                        if let Some(s) = value.as_str() {
-                            scopes.extend(s.split(' ').filter(|s| !s.is_empty()).map(Into::into));
-                        }
-                    }
-                    "scp" => scopes.extend(value.strings().map(Into::into)),
                     _ => {}
+                }
+                let scope_claim = match &issuer.scopes_claim {
+                    Some(claim) => **claim == *name,
+                    None => name == "scope" || name == "scp",
+                };
+                if scope_claim {
+                    match value.as_str() {
+                        Some(s) => {
+                            scopes.extend(s.split(' ').filter(|s| !s.is_empty()).map(Into::into))
+                        }
+                        None => scopes.extend(value.strings().map(Into::into)),
+                    }
                 }
                 if issuer.required_claims.iter().any(|r| &**r == name) && value.is_present() {
                     required += 1;

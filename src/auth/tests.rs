@@ -108,6 +108,7 @@ fn issuer(name: &str) -> Issuer {
         required_claims: Box::new(["exp".into()]),
         claim_headers: Box::new([("email".into(), "X-User-Email".into())]),
         require_consumer: false,
+        scopes_claim: None,
         remote: false,
         refetch_cooldown: Duration::from_secs(30),
     }
@@ -619,4 +620,26 @@ fn mutated_key_sets_never_panic() {
         let _ = api_key::parse(&bad);
         let _ = basic::decode(&bad, &mut Vec::new());
     }
+}
+
+#[test]
+fn scopes_come_from_the_configured_claim() {
+    let key = key_for(Algorithm::ES256);
+    let jwks = format!("{{\"keys\":[{}]}}", key.jwk(Algorithm::ES256, "k1"));
+    let token = key
+        .mint(
+            Algorithm::ES256,
+            Some("k1"),
+            &claims(json!({"scope": "a b", "scp": ["c"], "permissions": ["p:read", "p:write"]})),
+        )
+        .unwrap();
+    let mut setup = Setup::new(&jwks, CredentialIndex::default());
+    let scopes = |id: &Identity| id.scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(scopes(&setup.bearer(&token).unwrap()), ["a", "b", "c"]);
+    let mut setup = Setup::new(&jwks, CredentialIndex::default());
+    setup.config.issuers[0].scopes_claim = Some("permissions".into());
+    assert_eq!(
+        scopes(&setup.bearer(&token).unwrap()),
+        ["p:read", "p:write"]
+    );
 }

@@ -76,6 +76,9 @@ pub struct IssuerSection {
     pub claim_headers: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     pub require_consumer: bool,
+    /// The claim scopes are read from (a space-separated string or an array); default: `scope`
+    /// and `scp`.
+    pub scopes_claim: Option<String>,
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh: ConfigDuration,
     #[serde(default = "default_jwks_min_refresh")]
