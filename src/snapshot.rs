@@ -88,6 +88,16 @@ pub struct Snapshot {
     pub token_cache_entries: Vec<usize>,
     /// Per API (file order): tenant, sharing and subscription mode.
     pub apis: Vec<ApiPolicy>,
+    /// `[[plans]]`, for the rate-limit phase (subscriptions name them).
+    pub plans: Vec<Plan>,
+}
+
+/// A plan as written (`rate` as `n/s|min|h`, `quota` as `n/minute|hour|day|month`, checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub name: Box<str>,
+    pub rate: Option<Box<str>>,
+    pub quota: Option<Box<str>>,
 }
 
 impl Snapshot {
@@ -208,6 +218,15 @@ impl Snapshot {
             drain_timeout: config.gateway.drain_timeout.0,
             auth,
             token_cache_entries: config.apis.iter().map(|a| a.token_cache.entries).collect(),
+            plans: config
+                .plans
+                .iter()
+                .map(|p| Plan {
+                    name: p.name.get_ref().as_str().into(),
+                    rate: p.rate.as_ref().map(|r| r.get_ref().as_str().into()),
+                    quota: p.quota.as_ref().map(|q| q.get_ref().as_str().into()),
+                })
+                .collect(),
             apis: config
                 .apis
                 .iter()

@@ -1205,7 +1205,7 @@ fn check_refuses_inconsistent_access_configs_at_their_line() {
             "time zone",
         ),
         (cond("claims.a != 'x'"), "claims.a !=", "claims.a"),
-        (cond("claims.a.b == 'x'"), "claims.a.b", "nested"),
+        (cond("claims.a..b == 'x'"), "claims.a..b", "dotted path"),
         (cond("claims.role in [admin]"), "in [admin]", "quoted"),
         (
             cond("client_ip in nowhere"),
@@ -1424,4 +1424,36 @@ fn time_windows_use_the_clock_and_the_zone() {
     );
     env.allowed("GET", "/open", &[env.key("app")]);
     env.denied("GET", "/shut", &[env.key("app")], "denied_by_rule", None);
+}
+
+#[test]
+fn nested_claims_are_read_by_dotted_path() {
+    let env = Env::start(
+        "",
+        &[(
+            "/org",
+            &rule(
+                "org-member",
+                "allow",
+                "when = [\"claims.org.id == 'acme'\"]",
+            ),
+        )],
+        &[("app", "", &[])],
+        "",
+    );
+    let member = env.token(
+        "someone",
+        json!({ "org": { "id": "acme", "name": "Acme" } }),
+    );
+    env.allowed("GET", "/org", &[("Authorization", &member)]);
+    let outsider = env.token("someone", json!({ "org": { "id": "globex" } }));
+    env.denied(
+        "GET",
+        "/org",
+        &[("Authorization", &outsider)],
+        "denied_by_rule",
+        None,
+    );
+    let flat = env.token("someone", json!({ "org.id": "acme" }));
+    env.allowed("GET", "/org", &[("Authorization", &flat)]);
 }

@@ -2,7 +2,8 @@
 //! allocation against the request's facts.
 //!
 //! ```text
-//! claims.<name> == 'literal' | claims.<name> == header.<name> | … (any two operands)
+//! claims.<name> == 'literal' | claims.<name> == header.<name> | … (any two operands;
+//!   nested claims by dotted path: claims.org.id)
 //! claims.<name> == path.<param>              (a parameter of the route's path)
 //! claims.<name> in ['a', 'b']
 //! client_ip in 10.0.0.0/8, 2001:db8::/32      (or a bracketed list)
@@ -88,8 +89,14 @@ fn operand(text: &str) -> Result<Operand, String> {
             }
         })
     };
-    if let Some(name) = named("claims.") {
-        return Ok(Operand::Claim(name?.into()));
+    if let Some(path) = t.strip_prefix("claims.") {
+        // Nested claims by dotted path (`claims.org.id`).
+        if path.split('.').all(name_ok) {
+            return Ok(Operand::Claim(path.into()));
+        }
+        return Err(format!(
+            "`{t}`: `{path}` is not a claim name or dotted path"
+        ));
     }
     if let Some(name) = named("header.") {
         return Ok(Operand::Header(
@@ -233,7 +240,7 @@ mod tests {
             matches!(Condition::parse("header.X-Env == 'prod'").unwrap(), Condition::Eq(Operand::Header(h), _) if &*h == b"x-env")
         );
         for bad in [
-            "claims.a.b == 'x'",
+            "claims.a..b == 'x'",
             "time in Mon-Fri 08:00-18:00",
             "claims.a in [x]",
             "claims.a != 'x'",

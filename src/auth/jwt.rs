@@ -243,6 +243,49 @@ impl<'t, 'i> Claim<'t, 'i> {
     }
 }
 
+/// Most scalar claims kept on an identity, and how deep nested objects are followed.
+const MAX_SCALARS: usize = 64;
+const MAX_DEPTH: usize = 4;
+
+/// Adds the scalar claims under `name` to `out` as text: the value itself, or the members of a
+/// nested object as `name.member` (arrays are skipped).
+pub fn collect_scalars(
+    name: &str,
+    value: Claim<'_, '_>,
+    text: &mut String,
+    out: &mut Vec<(Box<str>, Box<str>)>,
+) {
+    collect_at(name, value, text, out, 0);
+}
+
+fn collect_at(
+    name: &str,
+    value: Claim<'_, '_>,
+    text: &mut String,
+    out: &mut Vec<(Box<str>, Box<str>)>,
+    depth: usize,
+) {
+    if out.len() >= MAX_SCALARS {
+        return;
+    }
+    if value.scalar_text(text) {
+        out.push((name.into(), text.as_str().into()));
+        return;
+    }
+    if depth >= MAX_DEPTH {
+        return;
+    }
+    if let Node::Object { .. } = value.nodes[0] {
+        let members = ObjectIter {
+            nodes: value.nodes,
+            at: 1,
+        };
+        for (member, inner) in members {
+            collect_at(&format!("{name}.{member}"), inner, text, out, depth + 1);
+        }
+    }
+}
+
 /// Decodes the signature into a stack buffer; `None` when it is not base64url or too long.
 pub fn decode_signature(encoded: &[u8], out: &mut [u8; MAX_SIGNATURE]) -> Option<usize> {
     if encoded.len() > MAX_SIGNATURE * 4 / 3 + 4 {

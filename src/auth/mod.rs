@@ -104,7 +104,7 @@ pub struct Identity {
     pub scopes: Box<[Box<str>]>,
     /// Index of the JWT issuer (into [`AuthConfig::issuers`]).
     pub issuer: Option<usize>,
-    /// Top-level scalar claims of a JWT, as text.
+    /// Scalar claims of a JWT as text, nested objects flattened with dots (`org.id`).
     pub claims: Box<[(Box<str>, Box<str>)]>,
     /// The identity's request fields for the upstream (`X-Consumer-Id`, `X-Credential-Id`,
     /// mapped claims), formatted once when the identity is made.
@@ -793,9 +793,7 @@ impl Ctx<'_> {
                 if *issuer.consumer_claim == *name {
                     has_subject = value.scalar_text(&mut subject);
                 }
-                if value.scalar_text(&mut text) && scalars.len() < 64 {
-                    scalars.push((name.into(), text.as_str().into()));
-                }
+                jwt::collect_scalars(name, value, &mut text, &mut scalars);
             }
             if let Err(reason) = jwt::check_times(&times, issuer, now) {
                 return Ok(Err((reason, None)));

@@ -643,3 +643,22 @@ fn scopes_come_from_the_configured_claim() {
         ["p:read", "p:write"]
     );
 }
+
+#[test]
+fn nested_claims_are_kept_by_dotted_path() {
+    let key = key_for(Algorithm::ES256);
+    let jwks = format!("{{\"keys\":[{}]}}", key.jwk(Algorithm::ES256, "k1"));
+    let token = key
+        .mint(
+            Algorithm::ES256,
+            Some("k1"),
+            &claims(json!({"org": {"id": "acme", "meta": {"tier": 1}, "roles": ["a"]}})),
+        )
+        .unwrap();
+    let mut setup = Setup::new(&jwks, CredentialIndex::default());
+    let identity = setup.bearer(&token).unwrap();
+    assert_eq!(identity.claim("org.id"), Some("acme"));
+    assert_eq!(identity.claim("org.meta.tier"), Some("1"));
+    assert_eq!(identity.claim("org.roles"), None, "arrays are not scalars");
+    assert_eq!(identity.claim("org"), None);
+}
