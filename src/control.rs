@@ -47,11 +47,14 @@ pub fn report_config_errors(errors: &[ConfigError]) {
 /// makes this bind fail, so two gateways never silently share a port. A gateway that just exited
 /// can hold its port for a few milliseconds while the kernel tears its rings down, so a busy
 /// address is retried for up to two seconds.
+///
+/// The probe binds without listening: a listening probe would briefly accept connections that
+/// are then reset when it closes, before the cores listen.
 fn probe_listen(address: std::net::SocketAddr) -> std::io::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
-        match std::net::TcpListener::bind(address) {
-            Ok(_) => return Ok(()),
+        match bind_without_listening(address) {
+            Ok(()) => return Ok(()),
             Err(err)
                 if err.kind() == std::io::ErrorKind::AddrInUse
                     && std::time::Instant::now() < deadline =>
@@ -60,6 +63,62 @@ fn probe_listen(address: std::net::SocketAddr) -> std::io::Result<()> {
             }
             Err(err) => return Err(err),
         }
+    }
+}
+
+/// Binds a TCP socket to `address` (with SO_REUSEADDR, like a listener) and closes it.
+fn bind_without_listening(address: std::net::SocketAddr) -> std::io::Result<()> {
+    let domain = match address {
+        std::net::SocketAddr::V4(_) => libc::AF_INET,
+        std::net::SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns and closes; the address
+    // structs are fully initialised and passed with their sizes.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let on: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let rc = match address {
+            std::net::SocketAddr::V4(v4) => {
+                let mut addr: libc::sockaddr_in = std::mem::zeroed();
+                addr.sin_family = libc::AF_INET as libc::sa_family_t;
+                addr.sin_port = v4.port().to_be();
+                addr.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+                libc::bind(
+                    fd,
+                    (&addr as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+            std::net::SocketAddr::V6(v6) => {
+                let mut addr: libc::sockaddr_in6 = std::mem::zeroed();
+                addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                addr.sin6_port = v6.port().to_be();
+                addr.sin6_addr.s6_addr = v6.ip().octets();
+                addr.sin6_scope_id = v6.scope_id();
+                libc::bind(
+                    fd,
+                    (&addr as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        };
+        let result = if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        };
+        libc::close(fd);
+        result
     }
 }
 

@@ -447,3 +447,20 @@ fn sighup_reload_applies_a_valid_config_to_open_connections_and_refuses_a_broken
         gw.output()
     );
 }
+
+#[test]
+fn a_second_gateway_on_a_port_in_use_exits_1() {
+    let up = TestUpstream::start(Mode::Echo);
+    let config = ConfigBuilder::new(free_port(), &[up.port]).build();
+    let first = Gateway::start(&config);
+    let file = TempFile::new(&config, "toml");
+    let out = run_cli(&["run", "-c", &file.path_str()], Duration::from_secs(10));
+    assert_eq!(out.code(), Some(1), "{}", out.combined());
+    assert!(
+        out.combined().contains("cannot listen"),
+        "{}",
+        out.combined()
+    );
+    // The first gateway still serves.
+    assert_eq!(first.client().get("/x").status, 200);
+}
