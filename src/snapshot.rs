@@ -10,6 +10,7 @@ use crate::config::{
     parse_method, AuthMethodName, Balance, Config, EffectName, ModeName, RouteSection,
     SubscriptionModeName,
 };
+use crate::http::normalize::EscapedSlashes;
 use crate::router::{RouteKey, Router};
 use crate::tls::client::UpstreamTls;
 use crate::tls::server::ServerTls;
@@ -36,6 +37,9 @@ pub struct Listener {
     pub router: Router,
     /// TLS termination, when the listener has `[listeners.tls]`.
     pub tls: Option<Arc<ServerTls>>,
+    /// How request paths are normalized on this listener.
+    pub escaped_slashes: EscapedSlashes,
+    pub merge_slashes: bool,
 }
 
 /// A route after compilation.
@@ -194,11 +198,18 @@ impl Snapshot {
                     route_listeners[*i].is_empty() || route_listeners[*i].contains(&name)
                 });
                 let router = Router::new(served.map(|(i, r)| (i, &r.key)));
+                let slashes = l.escaped_slashes.unwrap_or(config.limits.escaped_slashes);
                 Listener {
                     name,
                     address,
                     router,
                     tls: tls.clone(),
+                    escaped_slashes: match slashes {
+                        crate::config::EscapedSlashesName::Reject => EscapedSlashes::Reject,
+                        crate::config::EscapedSlashesName::Decode => EscapedSlashes::Decode,
+                        crate::config::EscapedSlashesName::Keep => EscapedSlashes::Keep,
+                    },
+                    merge_slashes: l.merge_slashes.unwrap_or(config.limits.merge_slashes),
                 }
             })
             .collect();

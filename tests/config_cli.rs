@@ -115,6 +115,8 @@ max_body_bytes = 10485760
 head_timeout = "10s"
 idle_timeout = "1m"
 body_timeout = "250ms"
+escaped_slashes = "decode"
+merge_slashes = true
 
 [[listeners]]
 name = "public"
@@ -123,6 +125,8 @@ address = "127.0.0.1:{port}"
 [[listeners]]
 name = "internal"
 address = "127.0.0.1:{port2}"
+escaped_slashes = "keep"
+merge_slashes = false
 
 [[upstreams]]
 name = "app"

@@ -110,6 +110,20 @@ pub struct LimitsSection {
     pub head_timeout: ConfigDuration,
     pub idle_timeout: ConfigDuration,
     pub body_timeout: ConfigDuration,
+    /// What `%2F` and `%5C` in a path do.
+    pub escaped_slashes: EscapedSlashesName,
+    /// Merge duplicate slashes in paths.
+    pub merge_slashes: bool,
+}
+
+/// `escaped_slashes = "…"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashesName {
+    #[default]
+    Reject,
+    Decode,
+    Keep,
 }
 
 impl Default for LimitsSection {
@@ -122,6 +136,8 @@ impl Default for LimitsSection {
             head_timeout: ConfigDuration(Duration::from_secs(10)),
             idle_timeout: ConfigDuration(Duration::from_secs(60)),
             body_timeout: ConfigDuration(Duration::from_secs(30)),
+            escaped_slashes: EscapedSlashesName::Reject,
+            merge_slashes: false,
         }
     }
 }
@@ -134,6 +150,10 @@ pub struct ListenerSection {
     pub address: Spanned<String>,
     /// TLS termination on this listener.
     pub tls: Option<Spanned<ListenerTlsSection>>,
+    /// Overrides `limits.escaped_slashes` on this listener.
+    pub escaped_slashes: Option<EscapedSlashesName>,
+    /// Overrides `limits.merge_slashes` on this listener.
+    pub merge_slashes: Option<bool>,
 }
 
 /// Lowest TLS version a listener accepts.

@@ -3,6 +3,7 @@
 
 pub mod chunked;
 pub mod headers;
+pub mod normalize;
 pub mod problem;
 pub mod request;
 pub mod response;

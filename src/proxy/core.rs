@@ -96,6 +96,8 @@ pub struct Core {
     /// Authorization counters and the scratch for subscription lookups.
     pub access: crate::access::AccessCounters,
     pub access_scratch: RefCell<String>,
+    /// The normalized path of the request being prepared, and working space for it.
+    pub path_buffers: RefCell<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Core {
@@ -117,6 +119,7 @@ impl Core {
             auth: CoreAuth::new(auth, links),
             access: crate::access::AccessCounters::default(),
             access_scratch: RefCell::new(String::with_capacity(64)),
+            path_buffers: RefCell::new((Vec::new(), Vec::new())),
         }
     }
 

@@ -16,6 +16,7 @@ use crate::auth::{self, Outcome, Presented, Source};
 use crate::config::MAX_HEADERS_CEILING;
 use crate::http::chunked::ChunkedScanner;
 use crate::http::headers::{copy_fields, is_hop_by_hop, push_escaped};
+use crate::http::normalize::normalize;
 use crate::http::problem::{write_problem, write_problem_with_reason};
 use crate::http::request::{self, HeadLimits, Request};
 use crate::http::response::{self, Response};
@@ -915,8 +916,29 @@ fn prepare(
         })
     };
 
-    // 3. Route.
-    let path = req.path();
+    // 3. Route, on the normalized path (the one the upstream will receive).
+    let listener = &snapshot.listeners[client.listener];
+    let mut path_buffers = core.path_buffers.borrow_mut();
+    let (normal, working) = &mut *path_buffers;
+    let normalized = normalize(
+        req.path(),
+        listener.escaped_slashes,
+        listener.merge_slashes,
+        normal,
+        working,
+    );
+    let path: &str = match normalized {
+        Ok(false) => req.path(),
+        Ok(true) => match std::str::from_utf8(normal) {
+            Ok(path) => path,
+            Err(_) => return reject(400, RejectHeaders::None, None),
+        },
+        Err(err) => {
+            tracing::debug!(core = core.id, error = %err, "refused request path");
+            return reject(400, RejectHeaders::None, None);
+        }
+    };
+    let query = req.target.split_once('?').map(|(_, q)| q);
     let route_index = match router.lookup(req.host, path, req.method) {
         RouteMatch::Found(index) => index,
         RouteMatch::MethodNotAllowed => {
@@ -1002,7 +1024,7 @@ fn prepare(
     let strip_len = route
         .strip_prefix
         .then(|| matched_len.unwrap_or_else(|| route.key.path.trim_end_matches('/').len()));
-    push_target(out, req.target, strip_len, query_key);
+    push_target(out, path, query, strip_len, query_key);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     copy_fields(out, req.head, req.headers, |name| {
         is_hop_by_hop(name)
@@ -1019,6 +1041,8 @@ fn prepare(
     let upstream = &snapshot.upstreams[route.upstream];
     if req.host.is_empty() {
         let _ = write!(out, "Host: {}\r\n", upstream.targets[0]);
+    } else if req.host_from_target {
+        push_header(out, b"Host", req.host);
     }
     if req.framing == BodyFraming::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
@@ -1152,30 +1176,34 @@ fn refuse_auth(
     reject(status, headers, Some(reason.code()))
 }
 
-/// Writes the request target for the upstream: the first `strip_len` bytes (the matched
-/// prefix) removed when the route strips it, and the query parameter `drop_param` (an API key)
-/// left out.
+/// Writes the request target for the upstream: the normalized path with its first
+/// `strip_len` bytes (the matched prefix) removed when the route strips it, then the query as
+/// the client sent it, without the parameter `drop_param` (an API key).
 fn push_target(
     out: &mut Vec<u8>,
-    target: &str,
+    path: &str,
+    query: Option<&str>,
     strip_len: Option<usize>,
     drop_param: Option<&str>,
 ) {
-    let target = if let Some(strip_len) = strip_len {
-        let rest = &target[strip_len.min(target.len())..];
+    let path = if let Some(strip_len) = strip_len {
+        let rest = &path[strip_len.min(path.len())..];
         if !rest.starts_with('/') {
             out.push(b'/');
         }
         rest
     } else {
-        target
+        path
     };
-    let Some(param) = drop_param else {
-        out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(path.as_bytes());
+    let Some(query) = query else {
         return;
     };
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    out.extend_from_slice(path.as_bytes());
+    let Some(param) = drop_param else {
+        out.push(b'?');
+        out.extend_from_slice(query.as_bytes());
+        return;
+    };
     let mut first = true;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         if pair.split_once('=').map_or(pair, |(k, _)| k) == param {
