@@ -138,6 +138,23 @@ impl Env {
         seen
     }
 
+    /// Like [`Env::allowed`], for a request whose path the gateway normalizes to `forwarded`.
+    fn allowed_as(
+        &self,
+        method: &str,
+        path: &str,
+        forwarded: &str,
+        headers: &[(&str, &str)],
+    ) -> RecordedRequest {
+        let before = self.up.requests();
+        let resp = call_with(self.gw.port(), method, path, headers);
+        assert_eq!(resp.status, 200, "{method} {path}: {}", resp.body_str());
+        assert!(self.up.wait_requests(before + 1, Duration::from_secs(5)));
+        let seen = self.up.last_request();
+        assert_eq!(seen.target, forwarded);
+        seen
+    }
+
     /// Asserts that `method path` with `headers` is refused with 403 and `reason` (and, for
     /// `denied_by_rule`, names `rule` or no rule), before reaching the upstream.
     fn denied(
@@ -1456,4 +1473,35 @@ fn nested_claims_are_read_by_dotted_path() {
     );
     let flat = env.token("someone", json!({ "org.id": "acme" }));
     env.allowed("GET", "/org", &[("Authorization", &flat)]);
+}
+
+#[test]
+fn path_parameter_conditions_read_the_normalized_path() {
+    let env = Env::start(
+        "tenant = \"acme\"",
+        &[(
+            "/tenants/{tenant}/orders",
+            &rule(
+                "own-tenant-only",
+                "deny",
+                "unless = [\"path.tenant == consumer.tenant\"]",
+            ),
+        )],
+        &[("acme-app", "tenant = \"acme\"", &[])],
+        "[[tenants]]\nname = \"acme\"\n",
+    );
+    // `%61cme` is `acme` once decoded; `..` is resolved before the parameter is read.
+    env.allowed_as(
+        "GET",
+        "/tenants/%61cme/orders",
+        "/tenants/acme/orders",
+        &[env.key("acme-app")],
+    );
+    env.denied(
+        "GET",
+        "/tenants/acme/../globex/orders",
+        &[env.key("acme-app")],
+        "denied_by_rule",
+        Some("own-tenant-only"),
+    );
 }

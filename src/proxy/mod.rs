@@ -930,7 +930,15 @@ fn prepare(
     let path: &str = match normalized {
         Ok(false) => req.path(),
         Ok(true) => match std::str::from_utf8(normal) {
-            Ok(path) => path,
+            Ok(path) => {
+                tracing::debug!(
+                    core = core.id,
+                    original = req.path(),
+                    normalized = path,
+                    "path normalized"
+                );
+                path
+            }
             Err(_) => return reject(400, RejectHeaders::None, None),
         },
         Err(err) => {
