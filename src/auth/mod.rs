@@ -358,6 +358,9 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Password checks a core remembers before it forgets the finished ones nobody collected.
+const MAX_PENDING_CHECKS: usize = 512;
+
 /// How long a refused Basic pair is answered from the cache.
 const BASIC_FAILURE_TTL: i64 = 5;
 
@@ -621,7 +624,13 @@ impl Ctx<'_> {
                 decoded.fill(0);
                 return match submitted {
                     Some(check) => {
-                        self.auth.pending.borrow_mut().insert(digest, check.clone());
+                        let mut pending = self.auth.pending.borrow_mut();
+                        // Checks whose requests went away are never collected: drop the
+                        // finished ones before the map grows.
+                        if pending.len() >= MAX_PENDING_CHECKS {
+                            pending.retain(|_, check| check.result().is_none());
+                        }
+                        pending.insert(digest, check.clone());
                         Outcome::Wait(Wait::Password(check))
                     }
                     None => Outcome::Refuse(Reason::Busy),
