@@ -190,6 +190,7 @@ pub fn serve(mut config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
             signal,
             "second signal: exiting without waiting for the drain"
         );
+        crate::observe::flush_logs(std::time::Duration::from_millis(500));
         std::process::exit(1);
     });
     stop_workers(workers);

@@ -180,5 +180,6 @@ fn main() -> ExitCode {
                 },
         } => credentialflow::cli::token_mint(&key, &alg, kid.as_deref(), &claims, &ttl, count),
     };
+    credentialflow::observe::flush_logs(std::time::Duration::from_secs(2));
     ExitCode::from(code as u8)
 }
