@@ -75,12 +75,46 @@ impl Counter {
     }
 }
 
+/// Lets one warning of a kind through per interval and counts the ones held back, so a flood of
+/// identical failures cannot flood the log.
+#[derive(Default)]
+pub struct LogLimiter {
+    next: Cell<Option<std::time::Instant>>,
+    suppressed: Cell<u64>,
+}
+
+impl LogLimiter {
+    /// Interval between two warnings of one kind on one core.
+    pub const INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// `Some(held back since the last one)` when a warning may be logged now.
+    pub fn allow(&self, now: std::time::Instant) -> Option<u64> {
+        match self.next.get() {
+            Some(next) if now < next => {
+                self.suppressed.set(self.suppressed.get() + 1);
+                None
+            }
+            _ => {
+                self.next.set(Some(now + Self::INTERVAL));
+                Some(self.suppressed.replace(0))
+            }
+        }
+    }
+}
+
 /// Counters of one core (read when the core stops).
 #[derive(Default)]
 pub struct CoreCounters {
     pub tls_handshakes: Counter,
     pub tls_resumed: Counter,
     pub tls_failures: Counter,
+}
+
+/// Per-kind limits on repeated warnings of one core.
+#[derive(Default)]
+pub struct CoreWarnings {
+    pub accept: LogLimiter,
+    pub upstream: LogLimiter,
 }
 
 /// Per-core state shared by all connections of one core.
@@ -91,6 +125,7 @@ pub struct Core {
     pub active_connections: Cell<usize>,
     pub request_ids: RequestIds,
     pub counters: CoreCounters,
+    pub warnings: CoreWarnings,
     /// Credentials and keys this core authenticates from, with its scratch buffers.
     pub auth: CoreAuth,
     /// Authorization counters and the scratch for subscription lookups.
@@ -116,6 +151,7 @@ impl Core {
             active_connections: Cell::new(0),
             request_ids: RequestIds::new(seed, id),
             counters: CoreCounters::default(),
+            warnings: CoreWarnings::default(),
             auth: CoreAuth::new(auth, links),
             access: crate::access::AccessCounters::default(),
             access_scratch: RefCell::new(String::with_capacity(64)),
@@ -141,5 +177,22 @@ impl Core {
         let pools =
             UpstreamPools::carry_over(old_pools, &old.snapshot.upstreams, &snapshot.upstreams);
         *self.current.borrow_mut() = Rc::new(Generation::new(snapshot, pools));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn one_warning_per_interval_with_the_count_held_back() {
+        let limiter = LogLimiter::default();
+        let t0 = Instant::now();
+        assert_eq!(limiter.allow(t0), Some(0));
+        assert_eq!(limiter.allow(t0 + Duration::from_millis(10)), None);
+        assert_eq!(limiter.allow(t0 + Duration::from_millis(500)), None);
+        assert_eq!(limiter.allow(t0 + LogLimiter::INTERVAL), Some(2));
+        assert_eq!(limiter.allow(t0 + LogLimiter::INTERVAL * 3), Some(0));
     }
 }

@@ -506,14 +506,17 @@ impl<C: ByteStream> Connection<C> {
                         upstream,
                         now,
                     );
-                    tracing::warn!(
-                        core = core.id,
-                        upstream = %upstream.name,
-                        target = %upstream.targets[target],
-                        status,
-                        ejected,
-                        "upstream failure"
-                    );
+                    if let Some(suppressed) = core.warnings.upstream.allow(now) {
+                        tracing::warn!(
+                            core = core.id,
+                            upstream = %upstream.name,
+                            target = %upstream.targets[target],
+                            status,
+                            ejected,
+                            suppressed,
+                            "upstream failure"
+                        );
+                    }
                     self.respond_error(status, prepared.request_id).await;
                     return Next::Close;
                 }

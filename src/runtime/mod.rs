@@ -433,6 +433,10 @@ fn has_nodelay(fd: RawFd) -> bool {
     rc == 0 && value != 0
 }
 
+/// The pause after a failed accept, and its ceiling when descriptors or memory run out.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+
 /// Accept operations kept in flight per listener on each core: a burst of new connections is
 /// taken in one pass of the reactor instead of one per pass.
 const ACCEPTS_IN_FLIGHT: usize = 8;
@@ -441,6 +445,7 @@ async fn accept_loop(core: Rc<Core>, index: usize, listener: Rc<TcpListener>) {
     // Checked on the first connection: does this kernel hand TCP_NODELAY down from the
     // listener? If not, every accepted socket gets it set.
     let mut set_per_connection = None;
+    let mut pause = ACCEPT_PAUSE_MIN;
     loop {
         let accepted = monoio::select! {
             accepted = listener.accept() => accepted,
@@ -448,6 +453,7 @@ async fn accept_loop(core: Rc<Core>, index: usize, listener: Rc<TcpListener>) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                pause = ACCEPT_PAUSE_MIN;
                 let per_connection =
                     *set_per_connection.get_or_insert_with(|| !has_nodelay(stream.as_raw_fd()));
                 if per_connection {
@@ -456,8 +462,21 @@ async fn accept_loop(core: Rc<Core>, index: usize, listener: Rc<TcpListener>) {
                 monoio::spawn(serve_connection(core.clone(), index, stream, peer));
             }
             Err(err) => {
-                tracing::warn!(core = core.id, error = %err, "accept failed");
-                monoio::time::sleep(Duration::from_millis(10)).await;
+                if let Some(suppressed) = core.warnings.accept.allow(Instant::now()) {
+                    tracing::warn!(core = core.id, error = %err, suppressed, "accept failed");
+                }
+                // Out of descriptors or memory: back off (doubling, up to 1 s) while the
+                // established connections go on; anything else is retried soon.
+                let exhausted = matches!(
+                    err.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                );
+                pause = if exhausted {
+                    (pause * 2).clamp(ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX)
+                } else {
+                    ACCEPT_PAUSE_MIN
+                };
+                monoio::time::sleep(pause).await;
             }
         }
     }

@@ -1,0 +1,139 @@
+//! The gateway under pressure: a core never blocks on a log line (stderr a pipe nobody reads),
+//! and running out of file descriptors under a connection flood degrades and recovers.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_stalled_stderr_does_not_stop_the_gateway() {
+    let up = TestUpstream::start(Mode::Echo);
+    let port = free_port();
+    let config = TempFile::new(
+        &ConfigBuilder::new(port, &[up.port]).workers(1).build(),
+        "toml",
+    );
+    // stderr is a pipe that is never read: once its buffer is full, a blocking write would
+    // stall the writer forever.
+    let mut child = Command::new(bin())
+        .args(["run", "-c", &config.path_str()])
+        .env("CREDENTIALFLOW_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn credentialflow");
+    let _stderr = child.stderr.take();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Client::try_connect(port).is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Each refused path is logged at debug: far more than a pipe buffer holds.
+    let mut keep_alive = Client::connect(port);
+    assert_eq!(keep_alive.get("/before").status, 200);
+    for i in 0..3000 {
+        let resp = request(
+            port,
+            format!(
+                "GET /bad/%zz/{i}/{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                "x".repeat(200)
+            )
+            .as_bytes(),
+        );
+        assert_eq!(resp.status, 400, "request {i}");
+    }
+    let started = Instant::now();
+    assert_eq!(get(port, "/after").status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        keep_alive.get("/still").status,
+        200,
+        "an established connection is served"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_connection_flood_past_the_descriptor_limit_degrades_and_recovers() {
+    let up = TestUpstream::start(Mode::Echo);
+    let port = free_port();
+    let config = TempFile::new(
+        &ConfigBuilder::new(port, &[up.port]).workers(1).build(),
+        "toml",
+    );
+    // 256 descriptors, soft and hard, so the gateway cannot raise the limit; stderr unread.
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -n 256 && exec \"$0\" run -c \"$1\"",
+            bin(),
+            &config.path_str(),
+        ])
+        .env("CREDENTIALFLOW_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn credentialflow");
+    let _stderr = child.stderr.take();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Client::try_connect(port).is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut established = Client::connect(port);
+    assert_eq!(established.get("/before").status, 200);
+
+    let mut flood = Vec::new();
+    for _ in 0..1000 {
+        if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            flood.push(stream);
+        }
+    }
+    assert!(
+        flood.len() > 300,
+        "the flood did not get past the limit: {}",
+        flood.len()
+    );
+    // The established connection is served throughout.
+    for i in 0..5 {
+        assert_eq!(established.get(&format!("/during/{i}")).status, 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(flood);
+
+    let started = Instant::now();
+    let resp = loop {
+        match Client::try_connect(port).and_then(|mut c| c.try_get("/after")) {
+            Ok(resp) => break resp,
+            Err(err) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "no recovery within 2 s: {err}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    assert_eq!(resp.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(established.get("/after").status, 200);
+    assert!(
+        child.try_wait().expect("status").is_none(),
+        "the gateway exited"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
