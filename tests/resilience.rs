@@ -7,30 +7,62 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A gateway (one worker) whose stderr is a pipe nobody reads, started by `program args…`
+/// (the config file's path is appended), with `CREDENTIALFLOW_LOG=level`; returns once it
+/// listens.
+struct UnreadGateway {
+    child: std::process::Child,
+    _stderr: Option<std::process::ChildStderr>,
+    _config: TempFile,
+    _up: TestUpstream,
+    port: u16,
+}
+
+impl UnreadGateway {
+    fn start(program: &str, args: &[&str], level: &str) -> UnreadGateway {
+        let up = TestUpstream::start(Mode::Echo);
+        let port = free_port();
+        let config = TempFile::new(
+            &ConfigBuilder::new(port, &[up.port]).workers(1).build(),
+            "toml",
+        );
+        let mut child = Command::new(program)
+            .args(args)
+            .arg(config.path_str())
+            .env("CREDENTIALFLOW_LOG", level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn credentialflow");
+        let stderr = child.stderr.take();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Client::try_connect(port).is_err() {
+            assert!(Instant::now() < deadline, "the gateway did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        UnreadGateway {
+            child,
+            _stderr: stderr,
+            _config: config,
+            _up: up,
+            port,
+        }
+    }
+}
+
+impl Drop for UnreadGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn a_stalled_stderr_does_not_stop_the_gateway() {
-    let up = TestUpstream::start(Mode::Echo);
-    let port = free_port();
-    let config = TempFile::new(
-        &ConfigBuilder::new(port, &[up.port]).workers(1).build(),
-        "toml",
-    );
-    // stderr is a pipe that is never read: once its buffer is full, a blocking write would
-    // stall the writer forever.
-    let mut child = Command::new(bin())
-        .args(["run", "-c", &config.path_str()])
-        .env("CREDENTIALFLOW_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn credentialflow");
-    let _stderr = child.stderr.take();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Client::try_connect(port).is_err() {
-        assert!(Instant::now() < deadline, "the gateway did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Once the pipe's buffer is full, a blocking write would stall the writer forever.
+    let gw = UnreadGateway::start(bin(), &["run", "-c"], "debug");
+    let port = gw.port;
     // Each refused path is logged at debug: far more than a pipe buffer holds.
     let mut keep_alive = Client::connect(port);
     assert_eq!(keep_alive.get("/before").status, 200);
@@ -57,38 +89,14 @@ fn a_stalled_stderr_does_not_stop_the_gateway() {
         200,
         "an established connection is served"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[test]
 fn a_connection_flood_past_the_descriptor_limit_degrades_and_recovers() {
-    let up = TestUpstream::start(Mode::Echo);
-    let port = free_port();
-    let config = TempFile::new(
-        &ConfigBuilder::new(port, &[up.port]).workers(1).build(),
-        "toml",
-    );
-    // 256 descriptors, soft and hard, so the gateway cannot raise the limit; stderr unread.
-    let mut child = Command::new("sh")
-        .args([
-            "-c",
-            "ulimit -n 256 && exec \"$0\" run -c \"$1\"",
-            bin(),
-            &config.path_str(),
-        ])
-        .env("CREDENTIALFLOW_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn credentialflow");
-    let _stderr = child.stderr.take();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Client::try_connect(port).is_err() {
-        assert!(Instant::now() < deadline, "the gateway did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // 256 descriptors, soft and hard, so the gateway cannot raise the limit.
+    let script = "ulimit -n 256 && exec \"$0\" run -c \"$1\"";
+    let gw = UnreadGateway::start("sh", &["-c", script, bin()], "info");
+    let port = gw.port;
     let mut established = Client::connect(port);
     assert_eq!(established.get("/before").status, 200);
 
@@ -130,10 +138,9 @@ fn a_connection_flood_past_the_descriptor_limit_degrades_and_recovers() {
         started.elapsed()
     );
     assert_eq!(established.get("/after").status, 200);
+    let mut gw = gw;
     assert!(
-        child.try_wait().expect("status").is_none(),
+        gw.child.try_wait().expect("status").is_none(),
         "the gateway exited"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
