@@ -105,11 +105,15 @@ pub async fn connect_upstream(
     {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(err)) => {
-            tracing::warn!(core = core.id, upstream = %upstream.name, target = %address, error = %err, "upstream connect failed");
+            if let Some(suppressed) = core.warnings.connect.allow(Instant::now()) {
+                tracing::warn!(core = core.id, upstream = %upstream.name, target = %address, error = %err, suppressed, "upstream connect failed");
+            }
             return Err(502);
         }
         Err(_) => {
-            tracing::warn!(core = core.id, upstream = %upstream.name, target = %address, "upstream connect timed out");
+            if let Some(suppressed) = core.warnings.connect.allow(Instant::now()) {
+                tracing::warn!(core = core.id, upstream = %upstream.name, target = %address, suppressed, "upstream connect timed out");
+            }
             return Err(504);
         }
     };
@@ -121,18 +125,24 @@ pub async fn connect_upstream(
     let mut stream = match TlsStream::client(tcp, tls.config.clone(), name) {
         Ok(stream) => stream,
         Err(err) => {
-            tracing::warn!(core = core.id, upstream = %upstream.name, error = %err, "cannot start upstream TLS");
+            if let Some(suppressed) = core.warnings.connect.allow(Instant::now()) {
+                tracing::warn!(core = core.id, upstream = %upstream.name, error = %err, suppressed, "cannot start upstream TLS");
+            }
             return Err(502);
         }
     };
     match stream.handshake(deadline).await {
         Ok(()) => Ok(UpstreamStream::Tls(Box::new(stream))),
         Err(IoFail::Timeout) => {
-            tracing::warn!(core = core.id, upstream = %upstream.name, target = %address, "upstream TLS handshake timed out");
+            if let Some(suppressed) = core.warnings.connect.allow(Instant::now()) {
+                tracing::warn!(core = core.id, upstream = %upstream.name, target = %address, suppressed, "upstream TLS handshake timed out");
+            }
             Err(504)
         }
         Err(err) => {
-            tracing::warn!(core = core.id, upstream = %upstream.name, target = %address, error = %err, "upstream TLS handshake failed");
+            if let Some(suppressed) = core.warnings.connect.allow(Instant::now()) {
+                tracing::warn!(core = core.id, upstream = %upstream.name, target = %address, error = %err, suppressed, "upstream TLS handshake failed");
+            }
             Err(502)
         }
     }

@@ -114,6 +114,9 @@ pub struct CoreCounters {
 #[derive(Default)]
 pub struct CoreWarnings {
     pub accept: LogLimiter,
+    /// Upstream connect and TLS handshake failures.
+    pub connect: LogLimiter,
+    /// Upstream failures answered to a client (502/503/504).
     pub upstream: LogLimiter,
 }
 

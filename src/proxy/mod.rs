@@ -744,7 +744,9 @@ impl<C: ByteStream> Connection<C> {
                     }
                     Ok(None) => {}
                     Err(err) => {
-                        tracing::warn!(core = core.id, upstream = %upstream.name, error = %err, "bad upstream response head");
+                        if let Some(suppressed) = core.warnings.upstream.allow(Instant::now()) {
+                            tracing::warn!(core = core.id, upstream = %upstream.name, error = %err, suppressed, "bad upstream response head");
+                        }
                         return Err(UpstreamFail::Status(502));
                     }
                 }
