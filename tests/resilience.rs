@@ -19,13 +19,14 @@ struct UnreadGateway {
 }
 
 impl UnreadGateway {
-    fn start(program: &str, args: &[&str], level: &str) -> UnreadGateway {
+    fn start(program: &str, args: &[&str], level: &str, upstream: &[&str]) -> UnreadGateway {
         let up = TestUpstream::start(Mode::Echo);
         let port = free_port();
-        let config = TempFile::new(
-            &ConfigBuilder::new(port, &[up.port]).workers(1).build(),
-            "toml",
-        );
+        let mut builder = ConfigBuilder::new(port, &[up.port]).workers(1);
+        for line in upstream {
+            builder = builder.upstream_opt(line);
+        }
+        let config = TempFile::new(&builder.build(), "toml");
         let mut child = Command::new(program)
             .args(args)
             .arg(config.path_str())
@@ -61,7 +62,7 @@ impl Drop for UnreadGateway {
 #[test]
 fn a_stalled_stderr_does_not_stop_the_gateway() {
     // Once the pipe's buffer is full, a blocking write would stall the writer forever.
-    let gw = UnreadGateway::start(bin(), &["run", "-c"], "debug");
+    let gw = UnreadGateway::start(bin(), &["run", "-c"], "debug", &[]);
     let port = gw.port;
     // Each refused path is logged at debug: far more than a pipe buffer holds.
     let mut keep_alive = Client::connect(port);
@@ -95,7 +96,9 @@ fn a_stalled_stderr_does_not_stop_the_gateway() {
 fn a_connection_flood_past_the_descriptor_limit_degrades_and_recovers() {
     // 256 descriptors, soft and hard, so the gateway cannot raise the limit.
     let script = "ulimit -n 256 && exec \"$0\" run -c \"$1\"";
-    let gw = UnreadGateway::start("sh", &["-c", script, bin()], "info");
+    // No upstream keep-alive: every request needs a new upstream descriptor, which the
+    // connection budget keeps in reserve while clients flood in.
+    let gw = UnreadGateway::start("sh", &["-c", script, bin()], "info", &["keepalive = 0"]);
     let port = gw.port;
     let mut established = Client::connect(port);
     assert_eq!(established.get("/before").status, 200);

@@ -108,12 +108,15 @@ pub struct CoreCounters {
     pub tls_handshakes: Counter,
     pub tls_resumed: Counter,
     pub tls_failures: Counter,
+    /// Client connections closed at once because the core was at its connection budget.
+    pub over_budget: Counter,
 }
 
 /// Per-kind limits on repeated warnings of one core.
 #[derive(Default)]
 pub struct CoreWarnings {
     pub accept: LogLimiter,
+    pub over_budget: LogLimiter,
     /// Upstream connect and TLS handshake failures.
     pub connect: LogLimiter,
     /// Upstream failures answered to a client (502/503/504).
@@ -126,6 +129,8 @@ pub struct Core {
     current: RefCell<Rc<Generation>>,
     pub drain: DrainSignal,
     pub active_connections: Cell<usize>,
+    /// Client connections this core keeps open at most (its share of the descriptor limit).
+    pub connection_budget: usize,
     pub request_ids: RequestIds,
     pub counters: CoreCounters,
     pub warnings: CoreWarnings,
@@ -145,6 +150,7 @@ impl Core {
         auth: Arc<AuthState>,
         links: Option<AuthLinks>,
         seed: u64,
+        connection_budget: usize,
     ) -> Core {
         let pools = UpstreamPools::new(&snapshot.upstreams);
         Core {
@@ -152,6 +158,7 @@ impl Core {
             current: RefCell::new(Rc::new(Generation::new(snapshot, pools))),
             drain: DrainSignal::default(),
             active_connections: Cell::new(0),
+            connection_budget,
             request_ids: RequestIds::new(seed, id),
             counters: CoreCounters::default(),
             warnings: CoreWarnings::default(),

@@ -103,6 +103,28 @@ pub fn raise_nofile_limit() -> u64 {
     }
 }
 
+/// The soft RLIMIT_NOFILE.
+fn nofile_limit() -> u64 {
+    // SAFETY: getrlimit with a valid rlimit struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        limit.rlim_cur
+    }
+}
+
+/// Client connections each of `cores` keeps open at most: the descriptor limit minus a reserve
+/// for upstream connections and the process's own descriptors (a quarter, at least 64), shared
+/// evenly. Clients past it are accepted and closed at once, so a flood can never take the
+/// descriptors upstream connections need.
+pub fn connection_budget(nofile: u64, cores: usize) -> usize {
+    let nofile = nofile.min(u64::from(u32::MAX)) as usize;
+    let reserve = (nofile / 4).max(64);
+    (nofile.saturating_sub(reserve) / cores.max(1)).max(1)
+}
+
 /// The soft RLIMIT_MEMLOCK in bytes (older kernels charge io_uring rings against it).
 fn memlock_limit() -> u64 {
     // SAFETY: getrlimit with a valid rlimit struct.
@@ -180,6 +202,7 @@ pub fn start_workers(
 ) -> Result<Vec<Worker>, StartError> {
     let cpus = allowed_cpus();
     let seed = random_seed();
+    let budget = connection_budget(nofile_limit(), count);
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut workers = Vec::with_capacity(count);
     for id in 0..count {
@@ -190,7 +213,7 @@ pub fn start_workers(
         let ready = ready_tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("cflow-core-{id}"))
-            .spawn(move || worker_thread(id, cpu, snapshot, auth, seed, control_rx, ready))
+            .spawn(move || worker_thread(id, cpu, budget, snapshot, auth, seed, control_rx, ready))
             .map_err(StartError::Spawn)?;
         workers.push(Worker { thread, control });
     }
@@ -223,9 +246,11 @@ pub fn stop_workers(workers: Vec<Worker>) {
 
 type Ready = mpsc::Sender<Result<(), StartError>>;
 
+#[allow(clippy::too_many_arguments)]
 fn worker_thread(
     id: usize,
     cpu: Option<usize>,
+    budget: usize,
     snapshot: Arc<Snapshot>,
     auth: (Arc<AuthState>, AuthLinks),
     seed: u64,
@@ -237,7 +262,7 @@ fn worker_thread(
             tracing::warn!(worker = id, cpu, error = %err, "cannot pin worker to its CPU");
         }
     }
-    let core = Rc::new(Core::new(id, snapshot, auth.0, Some(auth.1), seed));
+    let core = Rc::new(Core::new(id, snapshot, auth.0, Some(auth.1), seed, budget));
     if monoio::utils::detect_uring() {
         // Deferred task running needs Linux 6.1; older kernels get a plain ring.
         let mut last_error = None;
@@ -366,6 +391,14 @@ async fn worker_main(core: Rc<Core>, control: ControlReceiver, ready: Ready) {
     }
     log_auth_totals(&core);
     let counters = &core.counters;
+    if counters.over_budget.get() > 0 {
+        tracing::info!(
+            core = core.id,
+            closed = counters.over_budget.get(),
+            budget = core.connection_budget,
+            "connections closed at the connection budget"
+        );
+    }
     if counters.tls_handshakes.get() + counters.tls_failures.get() > 0 {
         tracing::info!(
             core = core.id,
@@ -454,6 +487,19 @@ async fn accept_loop(core: Rc<Core>, index: usize, listener: Rc<TcpListener>) {
         match accepted {
             Ok((stream, peer)) => {
                 pause = ACCEPT_PAUSE_MIN;
+                if core.active_connections.get() >= core.connection_budget {
+                    drop(stream);
+                    core.counters.over_budget.bump();
+                    if let Some(suppressed) = core.warnings.over_budget.allow(Instant::now()) {
+                        tracing::warn!(
+                            core = core.id,
+                            budget = core.connection_budget,
+                            suppressed,
+                            "connection budget reached: closing new connections"
+                        );
+                    }
+                    continue;
+                }
                 let per_connection =
                     *set_per_connection.get_or_insert_with(|| !has_nodelay(stream.as_raw_fd()));
                 if per_connection {
@@ -479,5 +525,18 @@ async fn accept_loop(core: Rc<Core>, index: usize, listener: Rc<TcpListener>) {
                 monoio::time::sleep(pause).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_budget_leaves_a_reserve() {
+        assert_eq!(connection_budget(256, 1), 192);
+        assert_eq!(connection_budget(256, 2), 96);
+        assert_eq!(connection_budget(20_000, 2), 7_500);
+        assert_eq!(connection_budget(16, 4), 1);
     }
 }
