@@ -103,16 +103,18 @@ pub fn raise_nofile_limit() -> u64 {
     }
 }
 
-/// The soft RLIMIT_NOFILE.
-fn nofile_limit() -> u64 {
+/// The soft limit of `resource`, `None` when it cannot be read.
+fn soft_limit(resource: libc::__rlimit_resource_t) -> Option<u64> {
     // SAFETY: getrlimit with a valid rlimit struct.
     unsafe {
         let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        limit.rlim_cur
+        (libc::getrlimit(resource, &mut limit) == 0).then_some(limit.rlim_cur)
     }
+}
+
+/// The soft RLIMIT_NOFILE.
+fn nofile_limit() -> u64 {
+    soft_limit(libc::RLIMIT_NOFILE).unwrap_or(1024)
 }
 
 /// Client connections each of `cores` keeps open at most: the descriptor limit minus a reserve
@@ -127,14 +129,7 @@ pub fn connection_budget(nofile: u64, cores: usize) -> usize {
 
 /// The soft RLIMIT_MEMLOCK in bytes (older kernels charge io_uring rings against it).
 fn memlock_limit() -> u64 {
-    // SAFETY: getrlimit with a valid rlimit struct.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 {
-            return 0;
-        }
-        limit.rlim_cur
-    }
+    soft_limit(libc::RLIMIT_MEMLOCK).unwrap_or(0)
 }
 
 /// Signals the control thread handles itself; blocked in every thread.
