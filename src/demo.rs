@@ -96,7 +96,7 @@ fn demo_credentials() -> Result<DemoCredentials, String> {
     use crate::auth::keys::{random_bytes, Algorithm};
     let mut pepper = [0u8; 32];
     random_bytes(&mut pepper);
-    let pepper_hex: String = pepper.iter().map(|b| format!("{b:02x}")).collect();
+    let pepper_hex = crate::tls::certificate::hex(&pepper);
     let dir = std::env::temp_dir().join(format!("credentialflow-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let pepper_file = dir.join("pepper");

@@ -4,7 +4,6 @@
 
 use crate::access::condition::Condition;
 use crate::access::{ApiPolicy, Effect, RoutePolicy, Rule, SubscriptionMode};
-use crate::auth::keys::{Algorithm, AlgorithmSet};
 use crate::auth::{AuthConfig, Issuer, RouteAuth};
 use crate::config::{
     parse_method, AuthMethodName, Balance, Config, EffectName, ModeName, RouteSection,
@@ -311,15 +310,7 @@ fn compile_auth(config: &Config) -> AuthConfig {
             name: i.name.get_ref().as_str().into(),
             issuer: i.issuer.get_ref().as_str().into(),
             audiences: i.audiences.iter().map(|a| a.as_str().into()).collect(),
-            algorithms: match &i.algorithms {
-                None => AlgorithmSet::ANY,
-                Some(list) => AlgorithmSet::of(
-                    &list
-                        .iter()
-                        .filter_map(|a| Algorithm::from_name(a.get_ref().as_bytes()))
-                        .collect::<Vec<_>>(),
-                ),
-            },
+            algorithms: i.allowed_algorithms(),
             leeway: i.leeway.0.as_secs() as i64,
             consumer_claim: i.consumer_claim.as_str().into(),
             required_claims: i

@@ -110,7 +110,7 @@ fn random_base62(len: usize) -> String {
 
 /// Lower-case hex of a stored hash.
 pub fn hash_hex(hash: &[u8; 32]) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    crate::tls::certificate::hex(hash)
 }
 
 /// Reads a stored hash written as 64 hex digits.

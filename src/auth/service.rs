@@ -6,7 +6,7 @@
 
 use super::index::CredentialIndex;
 use super::jwks::{self, JwksUrl, KeySet};
-use super::keys::{Algorithm, AlgorithmSet};
+use super::keys::AlgorithmSet;
 use super::{basic, AuthLinks, AuthState, Refetch};
 use crate::config::Config;
 use crate::runtime::channel::ControlSender;
@@ -107,15 +107,7 @@ fn sources(config: &Config) -> Vec<KeySource> {
                 .and_then(|u| JwksUrl::parse(u.get_ref()).ok()),
             tls: tls.clone(),
             ca: i.jwks_ca.as_ref().map(|c| c.get_ref().clone()),
-            allowed: match &i.algorithms {
-                None => AlgorithmSet::ANY,
-                Some(list) => AlgorithmSet::of(
-                    &list
-                        .iter()
-                        .filter_map(|a| Algorithm::from_name(a.get_ref().as_bytes()))
-                        .collect::<Vec<_>>(),
-                ),
-            },
+            allowed: i.allowed_algorithms(),
             refresh: i.jwks_refresh.0,
             min_refresh: i.jwks_min_refresh.0,
             max_refresh: i.jwks_max_refresh.0,

@@ -89,6 +89,22 @@ pub struct IssuerSection {
     pub jwks_refetch_cooldown: ConfigDuration,
 }
 
+impl IssuerSection {
+    /// The `algorithms` allow-list (names that are not algorithms are left out; validation
+    /// reports them); all algorithms without one.
+    pub fn allowed_algorithms(&self) -> AlgorithmSet {
+        match &self.algorithms {
+            None => AlgorithmSet::ANY,
+            Some(list) => AlgorithmSet::of(
+                &list
+                    .iter()
+                    .filter_map(|a| Algorithm::from_name(a.get_ref().as_bytes()))
+                    .collect::<Vec<_>>(),
+            ),
+        }
+    }
+}
+
 fn default_leeway() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(30))
 }
@@ -383,25 +399,18 @@ impl super::Config {
             if issuer.issuer.get_ref().is_empty() {
                 p.on(&issuer.issuer, "issuers.issuer must not be empty".into());
             }
-            let allowed = match &issuer.algorithms {
-                None => AlgorithmSet::ANY,
-                Some(list) => {
-                    let mut algs = Vec::new();
-                    for name in list {
-                        match Algorithm::from_name(name.get_ref().as_bytes()) {
-                            Some(alg) => algs.push(alg),
-                            None => p.on(
-                                name,
-                                format!(
-                                    "issuers.algorithms: `{}` is not supported (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA; never `none`)",
-                                    name.get_ref()
-                                ),
-                            ),
-                        }
-                    }
-                    AlgorithmSet::of(&algs)
+            for name in issuer.algorithms.iter().flatten() {
+                if Algorithm::from_name(name.get_ref().as_bytes()).is_none() {
+                    p.on(
+                        name,
+                        format!(
+                            "issuers.algorithms: `{}` is not supported (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA; never `none`)",
+                            name.get_ref()
+                        ),
+                    );
                 }
-            };
+            }
+            let allowed = issuer.allowed_algorithms();
             let mut tls = None;
             let keys = match (&issuer.jwks_file, &issuer.jwks_url) {
                 (Some(file), None) => {

@@ -908,6 +908,8 @@ fn prepare(
         Some(id) => request_id.set(id),
         None => core.request_ids.next(&mut request_id),
     }
+    let reusable_head_len =
+        (req.framing == BodyFraming::None && req.client_keep_alive()).then_some(req.head_len);
     let reject = |status, headers, reason| {
         Prepare::Refused(Reject {
             status,
@@ -915,8 +917,7 @@ fn prepare(
             reason,
             rule: None,
             request_id,
-            reusable_head_len: (req.framing == BodyFraming::None && req.client_keep_alive())
-                .then_some(req.head_len),
+            reusable_head_len,
             head_only: req.is_head(),
         })
     };
@@ -1016,8 +1017,7 @@ fn prepare(
         {
             return Prepare::Refused(Reject {
                 request_id,
-                reusable_head_len: (req.framing == BodyFraming::None && req.client_keep_alive())
-                    .then_some(req.head_len),
+                reusable_head_len,
                 head_only: req.is_head(),
                 ..refusal
             });
