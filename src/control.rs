@@ -3,10 +3,13 @@
 
 use crate::auth::service::AuthService;
 use crate::config::{Config, ConfigError};
+use crate::filter::connections::ConnectionCounts;
+use crate::limit::limiter::TableSizes;
+use crate::limit::quota_file::{self, QuotaWriter, SavedQuotas};
 use crate::observe::init_logging;
 use crate::runtime::{
     allowed_cpus, block_control_signals, raise_nofile_limit, return_free_memory, start_workers,
-    stop_workers, wait_for_signal, wait_for_signal_timeout, ControlMsg, Worker,
+    stop_workers, wait_for_signal, wait_for_signal_timeout, ControlMsg, LimitSetup, Worker,
 };
 use crate::snapshot::Snapshot;
 use std::path::Path;
@@ -139,9 +142,17 @@ pub fn serve(mut config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
     let auth = AuthService::start(&config);
     let cpus = allowed_cpus();
     let worker_count = config.worker_count(cpus.len());
+    let (limits, quota_writer) = match limit_setup(&config, &snapshot) {
+        Ok(setup) => setup,
+        Err(message) => {
+            tracing::error!(error = %message, "cannot start");
+            return 1;
+        }
+    };
     let started = start_workers(
         snapshot.clone(),
         (auth.state(), auth.links()),
+        limits,
         worker_count,
         config.gateway.pin,
     );
@@ -194,8 +205,51 @@ pub fn serve(mut config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
         std::process::exit(1);
     });
     stop_workers(workers);
+    if let Some(writer) = quota_writer {
+        writer.finish();
+    }
     tracing::info!("stopped");
     0
+}
+
+/// The limit state every core starts from: quota counts saved by the last run, and the writer
+/// that saves them (started when any quota is configured; kept across reloads).
+fn limit_setup(
+    config: &Config,
+    snapshot: &Snapshot,
+) -> Result<(LimitSetup, Option<QuotaWriter>), String> {
+    let has_quotas = snapshot
+        .routes
+        .iter()
+        .flat_map(|r| r.limits.iter())
+        .chain(snapshot.plans.iter().flat_map(|p| p.limits.iter()))
+        .any(|rule| matches!(rule.kind, crate::limit::RuleKind::Quota(_)));
+    let sizes = TableSizes {
+        keys: config.limits.rate_limit_keys,
+        quota_keys: config.limits.quota_keys,
+    };
+    let connections = ConnectionCounts::new(snapshot.listeners.len());
+    if !has_quotas {
+        let setup = LimitSetup {
+            sizes,
+            saved: Arc::new(SavedQuotas::default()),
+            sink: None,
+            connections,
+        };
+        return Ok((setup, None));
+    }
+    let path = config.data_dir().join(quota_file::FILE_NAME);
+    let saved = SavedQuotas::load(&path).map_err(|err| err.to_string())?;
+    tracing::info!(path = %path.display(), keys = saved.len(), "quota counts loaded");
+    let (writer, sink) = QuotaWriter::start(path.clone(), &saved)
+        .map_err(|err| format!("{}: {err}", path.display()))?;
+    let setup = LimitSetup {
+        sizes,
+        saved: Arc::new(saved),
+        sink: Some(sink),
+        connections,
+    };
+    Ok((setup, Some(writer)))
 }
 
 /// How long a reload waits for every core to switch to the new snapshot.

@@ -4,7 +4,9 @@
 //! it into the immutable view the cores serve from, [`router`] selects routes, [`http`] holds the
 //! strict HTTP/1.1 wire rules, [`proxy`] is one core's request path, [`upstream`] the per-core
 //! pools and health, [`runtime`] the worker threads, [`control`] the process lifecycle,
-//! [`demo`] the built-in demo upstream, [`observe`] logging.
+//! [`demo`] the built-in demo upstream, [`observe`] logging, [`auth`] and [`access`] the
+//! authentication and authorization phases, [`filter`] the client address and request filters,
+//! [`limit`] rate limits and quotas.
 
 pub mod access;
 pub mod auth;
@@ -12,7 +14,9 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod filter;
 pub mod http;
+pub mod limit;
 pub mod observe;
 pub mod proxy;
 pub mod router;

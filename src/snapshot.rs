@@ -9,7 +9,13 @@ use crate::config::{
     parse_method, AuthMethodName, Balance, Config, EffectName, ModeName, RouteSection,
     SubscriptionModeName,
 };
+use crate::config::{FiltersSection, IpSection, ProxyProtocolName, QuotaSection, RateLimitSection};
+use crate::filter::connections::ConnectionCaps;
+use crate::filter::ip_set::{IpRules, IpSet};
+use crate::filter::signatures::{Signature, SignatureSet};
+use crate::filter::{ProxyProtocol, RequestFilters};
 use crate::http::normalize::EscapedSlashes;
+use crate::limit::{FailureThrottle, KeyPart, LimitRule, QuotaAmount, Rate, RuleKind};
 use crate::router::{RouteKey, Router};
 use crate::tls::client::UpstreamTls;
 use crate::tls::server::ServerTls;
@@ -39,6 +45,12 @@ pub struct Listener {
     /// How request paths are normalized on this listener.
     pub escaped_slashes: EscapedSlashes,
     pub merge_slashes: bool,
+    pub proxy_protocol: ProxyProtocol,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: IpSet,
+    pub caps: ConnectionCaps,
+    /// The listener's IP allow/deny lists (empty: all admitted).
+    pub ip: IpRules,
 }
 
 /// A route after compilation.
@@ -60,6 +72,14 @@ pub struct Route {
     pub access: Option<RoutePolicy>,
     /// The path's parameters (`/tenants/{tenant}/orders`), when it has any.
     pub pattern: Option<crate::router::PathPattern>,
+    /// Text naming the route (`api path methods`): the `route` key of rate limits.
+    pub id: Box<str>,
+    /// IP allow/deny lists of the API and of the route; each must admit.
+    pub ip: Box<[Arc<IpRules>]>,
+    /// Request filters of the API and of the route; each must pass.
+    pub filters: Box<[Arc<RequestFilters>]>,
+    /// Rate limits and quotas of the API and of the route.
+    pub limits: Box<[LimitRule]>,
 }
 
 /// A group of targets and how to use them.
@@ -93,14 +113,18 @@ pub struct Snapshot {
     pub apis: Vec<ApiPolicy>,
     /// `[[plans]]`, for the rate-limit phase (subscriptions name them).
     pub plans: Vec<Plan>,
+    /// The failed-authentication throttle (`None`: off).
+    pub failed_auth: Option<FailureThrottle>,
 }
 
 /// A plan as written (`rate` as `n/s|min|h`, `quota` as `n/minute|hour|day|month`, checked).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub name: Box<str>,
     pub rate: Option<Box<str>>,
     pub quota: Option<Box<str>>,
+    /// Limits a subscription on this plan adds (`rate` and `quota` included, keyed by consumer).
+    pub limits: Box<[LimitRule]>,
 }
 
 impl Snapshot {
@@ -128,7 +152,45 @@ impl Snapshot {
         let mut routes = Vec::new();
         let mut route_listeners: Vec<Vec<String>> = Vec::new();
         for (api_index, api) in config.apis.iter().enumerate() {
+            let api_name = api.name.get_ref();
+            let api_ip = api.ip.as_ref().map(compile_ip);
+            let api_filters = api.filters.as_ref().map(compile_filters);
+            let api_limits =
+                compile_limits(&format!("api {api_name}"), &api.rate_limits, &api.quotas);
             for r in &api.routes {
+                let id = format!(
+                    "{api_name} {}{}{}",
+                    r.path.get_ref(),
+                    if r.methods.is_empty() { "" } else { " " },
+                    r.methods
+                        .iter()
+                        .map(|m| m.get_ref().as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                let mut limits = api_limits.clone();
+                limits.extend(compile_limits(
+                    &format!("route {id}"),
+                    &r.rate_limits,
+                    &r.quotas,
+                ));
+                let ip: Vec<Arc<IpRules>> = api_ip
+                    .iter()
+                    .cloned()
+                    .chain(r.ip.as_ref().map(compile_ip))
+                    .filter(|rules| !rules.is_empty())
+                    .collect();
+                let filters: Vec<Arc<RequestFilters>> = api_filters
+                    .iter()
+                    .cloned()
+                    .chain(r.filters.as_ref().map(compile_filters))
+                    .filter(|f| !f.is_empty())
+                    .collect();
+                let filter_max_body = [&api.filters, &r.filters]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| f.max_body.as_ref().and_then(|m| m.get_ref().bytes()))
+                    .min();
                 let methods = r.auth.as_ref().or(api.auth.as_ref());
                 let route_auth = methods.filter(|m| !m.is_empty()).map(|methods| {
                     let mut route_auth = RouteAuth {
@@ -172,7 +234,14 @@ impl Snapshot {
                     },
                     upstream,
                     strip_prefix: r.strip_prefix,
-                    max_body_bytes: r.max_body_bytes.unwrap_or(config.limits.max_body_bytes),
+                    max_body_bytes: match (
+                        r.max_body_bytes.unwrap_or(config.limits.max_body_bytes),
+                        filter_max_body,
+                    ) {
+                        (0, Some(filter)) => filter,
+                        (limit, Some(filter)) => limit.min(filter),
+                        (limit, None) => limit,
+                    },
                     client_cert_headers: r.client_cert_headers,
                     access: route_auth.as_ref().map(|_| compile_policy(api_index, r)),
                     pattern: crate::router::PathPattern::parse(
@@ -182,6 +251,10 @@ impl Snapshot {
                     .ok()
                     .flatten(),
                     auth: route_auth,
+                    id: id.into(),
+                    ip: ip.into(),
+                    filters: filters.into(),
+                    limits: limits.into(),
                 });
                 route_listeners.push(r.listeners.iter().map(|l| l.get_ref().clone()).collect());
             }
@@ -209,6 +282,27 @@ impl Snapshot {
                         crate::config::EscapedSlashesName::Keep => EscapedSlashes::Keep,
                     },
                     merge_slashes: l.merge_slashes.unwrap_or(config.limits.merge_slashes),
+                    proxy_protocol: match l.proxy_protocol {
+                        ProxyProtocolName::Off => ProxyProtocol::Off,
+                        ProxyProtocolName::Optional => ProxyProtocol::Optional,
+                        ProxyProtocolName::Required => ProxyProtocol::Required,
+                    },
+                    trusted_proxies: IpSet::parse(
+                        &l.trusted_proxies
+                            .iter()
+                            .map(|t| t.get_ref())
+                            .collect::<Vec<_>>(),
+                    )
+                    .unwrap_or_default(),
+                    caps: ConnectionCaps {
+                        max_connections: l.max_connections,
+                        max_connections_per_ip: l.max_connections_per_ip,
+                    },
+                    ip: l
+                        .ip
+                        .as_ref()
+                        .map(|ip| (*compile_ip(ip)).clone())
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -235,8 +329,13 @@ impl Snapshot {
                     name: p.name.get_ref().as_str().into(),
                     rate: p.rate.as_ref().map(|r| r.get_ref().as_str().into()),
                     quota: p.quota.as_ref().map(|q| q.get_ref().as_str().into()),
+                    limits: compile_plan_limits(p),
                 })
                 .collect(),
+            failed_auth: FailureThrottle::new(
+                config.auth.failed_auth_limit,
+                config.auth.failed_auth_window.0,
+            ),
             apis: config
                 .apis
                 .iter()
@@ -257,6 +356,104 @@ impl Snapshot {
                 .collect(),
         }
     }
+}
+
+/// Compiles `rate_limits` and `quotas` (validated) with ids `"{scope} rate_limits[i]"`.
+fn compile_limits(
+    scope: &str,
+    rates: &[RateLimitSection],
+    quotas: &[QuotaSection],
+) -> Vec<LimitRule> {
+    let key = |parts: &toml::Spanned<Vec<toml::Spanned<String>>>| -> Vec<KeyPart> {
+        parts
+            .get_ref()
+            .iter()
+            .filter_map(|p| KeyPart::parse(p.get_ref()))
+            .collect()
+    };
+    let mut rules = Vec::new();
+    for (i, r) in rates.iter().enumerate() {
+        let Ok(rate) = Rate::parse(r.rate.get_ref()) else {
+            continue;
+        };
+        let capacity = r.burst.as_ref().map_or(rate.count, |b| *b.get_ref()).max(1);
+        rules.push(LimitRule::new(
+            format!("{scope} rate_limits[{i}]"),
+            key(&r.key),
+            RuleKind::Rate { rate, capacity },
+            r.headers,
+        ));
+    }
+    for (i, q) in quotas.iter().enumerate() {
+        let Ok(amount) = QuotaAmount::parse(q.limit.get_ref()) else {
+            continue;
+        };
+        rules.push(LimitRule::new(
+            format!("{scope} quotas[{i}]"),
+            key(&q.key),
+            RuleKind::Quota(amount),
+            q.headers,
+        ));
+    }
+    rules
+}
+
+/// A plan's limits: its `rate_limits` and `quotas`, and `rate` / `quota` as limits keyed by
+/// consumer.
+fn compile_plan_limits(plan: &crate::config::PlanSection) -> Box<[LimitRule]> {
+    let scope = format!("plan {}", plan.name.get_ref());
+    let mut rules = compile_limits(&scope, &plan.rate_limits, &plan.quotas);
+    if let Some(Ok(rate)) = plan.rate.as_ref().map(|r| Rate::parse(r.get_ref())) {
+        rules.push(LimitRule::new(
+            format!("{scope} rate"),
+            vec![KeyPart::Consumer],
+            RuleKind::Rate {
+                rate,
+                capacity: rate.count,
+            },
+            false,
+        ));
+    }
+    if let Some(Ok(amount)) = plan.quota.as_ref().map(|q| QuotaAmount::parse(q.get_ref())) {
+        rules.push(LimitRule::new(
+            format!("{scope} quota"),
+            vec![KeyPart::Consumer],
+            RuleKind::Quota(amount),
+            false,
+        ));
+    }
+    rules.into()
+}
+
+fn compile_ip(ip: &IpSection) -> Arc<IpRules> {
+    let list = |entries: &[toml::Spanned<String>]| {
+        IpSet::parse(&entries.iter().map(|e| e.get_ref()).collect::<Vec<_>>()).unwrap_or_default()
+    };
+    Arc::new(IpRules {
+        allow: list(&ip.allow),
+        deny: list(&ip.deny),
+    })
+}
+
+fn compile_filters(filters: &FiltersSection) -> Arc<RequestFilters> {
+    let signatures: Vec<Signature> = filters
+        .signatures
+        .iter()
+        .filter_map(|s| Signature::parse(s.get_ref()))
+        .collect();
+    Arc::new(RequestFilters {
+        methods: filters
+            .methods
+            .iter()
+            .map(|m| m.get_ref().as_str().into())
+            .collect(),
+        content_types: filters
+            .content_types
+            .iter()
+            .map(|t| t.get_ref().to_ascii_lowercase().into())
+            .collect(),
+        signatures: (!signatures.is_empty()).then(|| Arc::new(SignatureSet::new(&signatures))),
+    })
 }
 
 /// A route's scopes, groups and rules (validated: every condition parses).

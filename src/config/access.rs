@@ -22,8 +22,14 @@ pub struct TenantSection {
 #[serde(deny_unknown_fields)]
 pub struct PlanSection {
     pub name: Spanned<String>,
+    /// Shorthand for one rate limit keyed by consumer.
     pub rate: Option<Spanned<String>>,
+    /// Shorthand for one quota keyed by consumer.
     pub quota: Option<Spanned<String>>,
+    #[serde(default)]
+    pub rate_limits: Vec<super::RateLimitSection>,
+    #[serde(default)]
+    pub quotas: Vec<super::QuotaSection>,
 }
 
 /// Subscription states as written.

@@ -35,6 +35,10 @@ pub struct AuthSection {
     pub realm: String,
     /// How long a request with an unknown `kid` waits for the JWKS refetch it triggered.
     pub jwks_wait: ConfigDuration,
+    /// Failed authentications one client address may have per `failed_auth_window` before
+    /// its requests are refused (429) before any credential work; 0 turns the throttle off.
+    pub failed_auth_limit: u64,
+    pub failed_auth_window: ConfigDuration,
 }
 
 impl Default for AuthSection {
@@ -46,6 +50,8 @@ impl Default for AuthSection {
             basic_cache_ttl: ConfigDuration(Duration::from_secs(60)),
             realm: "credentialflow".into(),
             jwks_wait: ConfigDuration(Duration::from_secs(2)),
+            failed_auth_limit: 100,
+            failed_auth_window: ConfigDuration(Duration::from_secs(60)),
         }
     }
 }
@@ -271,14 +277,7 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
         }
         _ => return None,
     };
-    // Days from the civil date (proleptic Gregorian), after H. Hinnant.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = crate::limit::rate::days_from_civil(year, month, day);
     Some(days * 86_400 + hour * 3600 + minute * 60 + second - offset)
 }
 

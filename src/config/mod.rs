@@ -6,6 +6,12 @@
 mod access;
 mod auth;
 mod duration;
+mod limit;
+
+pub use limit::{
+    parse_size, FiltersSection, IpSection, ProxyProtocolName, QuotaSection, RateLimitSection,
+    SizeValue,
+};
 
 pub use access::{
     EffectName, ModeName, PlanSection, RuleSection, ScopesByMethod, SubscriptionModeName,
@@ -60,6 +66,9 @@ pub struct GatewaySection {
     pub pin: bool,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub drain_timeout: ConfigDuration,
+    /// Where state that outlives the process is kept (quota counts); relative to the config
+    /// file's directory.
+    pub data_dir: String,
 }
 
 impl Default for GatewaySection {
@@ -68,6 +77,7 @@ impl Default for GatewaySection {
             workers: 0,
             pin: true,
             drain_timeout: ConfigDuration(Duration::from_secs(10)),
+            data_dir: "data".to_string(),
         }
     }
 }
@@ -114,6 +124,10 @@ pub struct LimitsSection {
     pub escaped_slashes: EscapedSlashesName,
     /// Merge duplicate slashes in paths.
     pub merge_slashes: bool,
+    /// Rate-limit buckets (and leases) one core tracks at most.
+    pub rate_limit_keys: usize,
+    /// Quota counts one core tracks at most.
+    pub quota_keys: usize,
 }
 
 /// `escaped_slashes = "…"`.
@@ -138,6 +152,8 @@ impl Default for LimitsSection {
             body_timeout: ConfigDuration(Duration::from_secs(30)),
             escaped_slashes: EscapedSlashesName::Reject,
             merge_slashes: false,
+            rate_limit_keys: 100_000,
+            quota_keys: 100_000,
         }
     }
 }
@@ -154,6 +170,19 @@ pub struct ListenerSection {
     pub escaped_slashes: Option<EscapedSlashesName>,
     /// Overrides `limits.merge_slashes` on this listener.
     pub merge_slashes: Option<bool>,
+    /// A PROXY protocol header (v1 or v2) before the client's bytes: off, optional, required.
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocolName,
+    /// Peers whose `X-Forwarded-For` is believed (CIDR ranges).
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// Open client connections on this listener at most, all cores together (0: no cap).
+    #[serde(default)]
+    pub max_connections: u32,
+    /// Open connections from one client address at most (0: no cap).
+    #[serde(default)]
+    pub max_connections_per_ip: u32,
+    pub ip: Option<IpSection>,
 }
 
 /// Lowest TLS version a listener accepts.
@@ -315,6 +344,12 @@ pub struct ApiSection {
     #[serde(default)]
     pub subscription: SubscriptionModeName,
     #[serde(default)]
+    pub rate_limits: Vec<RateLimitSection>,
+    #[serde(default)]
+    pub quotas: Vec<QuotaSection>,
+    pub ip: Option<IpSection>,
+    pub filters: Option<FiltersSection>,
+    #[serde(default)]
     pub routes: Vec<RouteSection>,
 }
 
@@ -365,6 +400,12 @@ pub struct RouteSection {
     pub groups: Vec<String>,
     #[serde(default)]
     pub rules: Vec<RuleSection>,
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitSection>,
+    #[serde(default)]
+    pub quotas: Vec<QuotaSection>,
+    pub ip: Option<IpSection>,
+    pub filters: Option<FiltersSection>,
 }
 
 fn default_path_match() -> PathMatch {
@@ -529,6 +570,76 @@ impl Config {
         self.validate_apis(p, &listener_names, &upstream_names);
         self.validate_auth(p);
         self.validate_access(p);
+        self.validate_limit_sections(p);
+    }
+
+    /// Rate limits, quotas, IP lists and filters wherever they appear.
+    fn validate_limit_sections(&self, p: &mut Problems<'_>) {
+        if self.limits.rate_limit_keys == 0 || self.limits.quota_keys == 0 {
+            let offset = p.source.find("[limits]").unwrap_or(0);
+            p.at(
+                offset,
+                "limits.rate_limit_keys and limits.quota_keys must be at least 1".to_string(),
+            );
+        }
+        for listener in &self.listeners {
+            for entry in &listener.trusted_proxies {
+                if let Err(err) = crate::filter::ip_set::IpSet::parse(&[entry.get_ref()]) {
+                    p.on(entry, format!("listeners.trusted_proxies: {err}"));
+                }
+            }
+            if let Some(ip) = &listener.ip {
+                limit::check_ip(p, "listeners.ip", ip);
+            }
+        }
+        for api in &self.apis {
+            let api_auth = api.auth.as_ref().is_some_and(|a| !a.is_empty());
+            let every_route_public = api
+                .routes
+                .iter()
+                .all(|r| !r.auth.as_ref().map_or(api_auth, |a| !a.is_empty()));
+            let api_authenticated = (!api.routes.is_empty() && every_route_public).then_some(false);
+            for limit in &api.rate_limits {
+                limit::check_rate_limit(p, "apis.rate_limits", limit, api_authenticated);
+            }
+            for quota in &api.quotas {
+                limit::check_quota(p, "apis.quotas", quota, api_authenticated);
+            }
+            if let Some(ip) = &api.ip {
+                limit::check_ip(p, "apis.ip", ip);
+            }
+            if let Some(filters) = &api.filters {
+                limit::check_filters(p, "apis.filters", filters);
+            }
+            for route in &api.routes {
+                let authenticated = route.auth.as_ref().map_or(api_auth, |a| !a.is_empty());
+                for limit in &route.rate_limits {
+                    limit::check_rate_limit(
+                        p,
+                        "apis.routes.rate_limits",
+                        limit,
+                        Some(authenticated),
+                    );
+                }
+                for quota in &route.quotas {
+                    limit::check_quota(p, "apis.routes.quotas", quota, Some(authenticated));
+                }
+                if let Some(ip) = &route.ip {
+                    limit::check_ip(p, "apis.routes.ip", ip);
+                }
+                if let Some(filters) = &route.filters {
+                    limit::check_filters(p, "apis.routes.filters", filters);
+                }
+            }
+        }
+        for plan in &self.plans {
+            for limit in &plan.rate_limits {
+                limit::check_rate_limit(p, "plans.rate_limits", limit, None);
+            }
+            for quota in &plan.quotas {
+                limit::check_quota(p, "plans.quotas", quota, None);
+            }
+        }
     }
 
     fn validate_limits(&self, p: &mut Problems<'_>) {
@@ -705,6 +816,18 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// The data directory (`gateway.data_dir`, relative to the config file's directory).
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        let dir = Path::new(&self.gateway.data_dir);
+        if dir.is_absolute() {
+            return dir.to_path_buf();
+        }
+        self.source_path
+            .parent()
+            .map(|p| p.join(dir))
+            .unwrap_or_else(|| dir.to_path_buf())
     }
 
     /// Number of worker threads to start, given the CPUs the process may run on.

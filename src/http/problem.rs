@@ -15,6 +15,7 @@ fn describe(status: u16) -> (&'static str, &'static str) {
         413 => ("body-too-large", "Content Too Large"),
         414 => ("uri-too-long", "URI Too Long"),
         417 => ("expectation-failed", "Expectation Failed"),
+        429 => ("too-many-requests", "Too Many Requests"),
         431 => ("headers-too-large", "Request Header Fields Too Large"),
         502 => ("bad-gateway", "Bad Gateway"),
         503 => ("no-healthy-upstream", "Service Unavailable"),
@@ -50,6 +51,7 @@ pub fn write_problem_with_reason(
     extra_headers: &[u8],
 ) {
     let (slug, title) = match (status, reason) {
+        (503, Some("limit_unavailable")) => ("limit-unavailable", "Service Unavailable"),
         (503, Some(_)) => ("auth-unavailable", "Service Unavailable"),
         _ => describe(status),
     };

@@ -147,3 +147,92 @@ pub async fn connect_upstream(
         }
     }
 }
+
+/// Why a connection's PROXY protocol header was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyHeaderError {
+    #[error("malformed PROXY protocol header: {0}")]
+    Malformed(#[from] crate::filter::proxy_protocol::ProxyError),
+    #[error("no PROXY protocol header on a listener that requires one")]
+    Missing,
+    #[error("PROXY protocol header not complete in time")]
+    Timeout,
+    #[error("connection closed before the PROXY protocol header")]
+    Closed,
+    #[error("reading the PROXY protocol header: {0}")]
+    Io(std::io::Error),
+}
+
+/// Reads the PROXY protocol header at the start of an accepted connection, taking exactly its
+/// bytes off the socket (what follows — TLS or HTTP — stays there for the next reader). The
+/// header is looked at with `MSG_PEEK` until it is complete. Returns the client address it
+/// names (`None`: none named, or no header on an `optional` listener).
+pub async fn read_proxy_header(
+    tcp: &TcpStream,
+    mode: crate::filter::ProxyProtocol,
+    deadline: Instant,
+) -> Result<Option<std::net::SocketAddr>, ProxyHeaderError> {
+    use crate::filter::proxy_protocol::{self, Parsed, MAX_HEADER_BYTES};
+    use std::os::fd::AsRawFd;
+    let fd = tcp.as_raw_fd();
+    let mut buf = [0u8; MAX_HEADER_BYTES];
+    let mut seen = 0;
+    loop {
+        let ready = monoio::select! {
+            ready = tcp.readable(false) => ready,
+            _ = monoio::time::sleep(deadline.saturating_duration_since(Instant::now())) => {
+                return Err(ProxyHeaderError::Timeout)
+            },
+        };
+        ready.map_err(ProxyHeaderError::Io)?;
+        // SAFETY: `buf` is a live local buffer of the given length; MSG_DONTWAIT keeps the call
+        // from blocking the core.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n == 0 {
+            return Err(ProxyHeaderError::Closed);
+        }
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            match err.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => continue,
+                _ => return Err(ProxyHeaderError::Io(err)),
+            }
+        }
+        let peeked = &buf[..n as usize];
+        if mode == crate::filter::ProxyProtocol::Optional
+            && proxy_protocol::looks_like_proxy(peeked) == Some(false)
+        {
+            return Ok(None);
+        }
+        match proxy_protocol::parse(peeked) {
+            Ok(Parsed::Header { len, source }) => {
+                // SAFETY: as above; the `len` bytes were just peeked, so they are there.
+                let taken =
+                    unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT) };
+                if taken != len as isize {
+                    return Err(ProxyHeaderError::Io(std::io::Error::last_os_error()));
+                }
+                return Ok(source);
+            }
+            Ok(Parsed::Incomplete) => {
+                if Instant::now() >= deadline {
+                    return Err(ProxyHeaderError::Timeout);
+                }
+                if n as usize == seen {
+                    // Readable but nothing new: the rest is still on its way.
+                    monoio::time::sleep(Duration::from_millis(1)).await;
+                }
+                seen = n as usize;
+            }
+            Err(proxy_protocol::ProxyError::NotProxy) => return Err(ProxyHeaderError::Missing),
+            Err(err) => return Err(err.into()),
+        }
+    }
+}

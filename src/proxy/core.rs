@@ -7,6 +7,8 @@
 
 use crate::auth::cache::VerifiedCache;
 use crate::auth::{AuthLinks, AuthState, CoreAuth};
+use crate::filter::connections::ConnectionCounts;
+use crate::limit::CoreLimits;
 use crate::runtime::drain::DrainSignal;
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamPools;
@@ -110,6 +112,13 @@ pub struct CoreCounters {
     pub tls_failures: Counter,
     /// Client connections closed at once because the core was at its connection budget.
     pub over_budget: Counter,
+    /// Client connections closed at once at a listener's or a client address's cap.
+    pub over_cap: Counter,
+    /// Connections closed for a missing or malformed PROXY protocol header.
+    pub proxy_refused: Counter,
+    /// Requests refused by IP rules, request filters, and the failed-authentication throttle.
+    pub ip_denied: Counter,
+    pub filtered: Counter,
 }
 
 /// Per-kind limits on repeated warnings of one core.
@@ -117,6 +126,8 @@ pub struct CoreCounters {
 pub struct CoreWarnings {
     pub accept: LogLimiter,
     pub over_budget: LogLimiter,
+    pub over_cap: LogLimiter,
+    pub proxy_protocol: LogLimiter,
     /// Upstream connect and TLS handshake failures.
     pub connect: LogLimiter,
     /// Upstream failures answered to a client (502/503/504).
@@ -141,14 +152,23 @@ pub struct Core {
     pub access_scratch: RefCell<String>,
     /// The normalized path of the request being prepared, and working space for it.
     pub path_buffers: RefCell<(Vec<u8>, Vec<u8>)>,
+    /// Buckets, quota counts and leases this core holds.
+    pub limits: CoreLimits,
+    /// Open connections per listener and client address (shared by all cores).
+    pub connections: Arc<ConnectionCounts>,
+    /// Scratch for the request-signature scan.
+    pub filter_scratch: RefCell<Vec<u8>>,
 }
 
 impl Core {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         snapshot: Arc<Snapshot>,
         auth: Arc<AuthState>,
         links: Option<AuthLinks>,
+        limits: CoreLimits,
+        connections: Arc<ConnectionCounts>,
         seed: u64,
         connection_budget: usize,
     ) -> Core {
@@ -166,6 +186,9 @@ impl Core {
             access: crate::access::AccessCounters::default(),
             access_scratch: RefCell::new(String::with_capacity(64)),
             path_buffers: RefCell::new((Vec::new(), Vec::new())),
+            limits,
+            connections,
+            filter_scratch: RefCell::new(Vec::new()),
         }
     }
 

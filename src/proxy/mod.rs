@@ -14,6 +14,8 @@ pub use self::core::{Core, CoreTls, Generation};
 use crate::access;
 use crate::auth::{self, Outcome, Presented, Source};
 use crate::config::MAX_HEADERS_CEILING;
+use crate::filter::client_address::client_address;
+use crate::filter::ProxyProtocol;
 use crate::http::chunked::ChunkedScanner;
 use crate::http::headers::{copy_fields, is_hop_by_hop, push_escaped};
 use crate::http::normalize::normalize;
@@ -21,6 +23,8 @@ use crate::http::problem::{write_problem, write_problem_with_reason};
 use crate::http::request::{self, HeadLimits, Request};
 use crate::http::response::{self, Response};
 use crate::http::{header_slots, BodyFraming};
+use crate::limit::limiter::{Applied, Shown};
+use crate::limit::{FailureThrottle, KeyFacts, Verdict};
 use crate::router::{ParamRange, PathPattern, RouteMatch, MAX_PATH_PARAMS};
 use crate::snapshot::Upstream;
 use crate::tls::certificate::ClientIdentity;
@@ -63,6 +67,8 @@ struct Prepared {
     upstream: usize,
     max_body: u64,
     request_id: RequestId,
+    /// `RateLimit-*` fields for the response (a limit with `headers = true`).
+    rate_limit: Option<Shown>,
 }
 
 /// A request refused before anything was sent upstream.
@@ -109,7 +115,20 @@ enum Prepare {
     Refused(Reject),
     /// Authentication must wait (a JWKS refetch, a password check), then run again.
     Wait(auth::Wait),
+    /// The rate-limit phase asked another core for a lease of this key: wait for the answer,
+    /// then run again.
+    LeaseWait(u64),
 }
+
+/// Which waits the current head already had (each phase waits at most once per head).
+#[derive(Debug, Clone, Copy, Default)]
+struct Waited {
+    auth: bool,
+    lease: bool,
+}
+
+/// Longest a request waits for a lease from the key's owner core.
+const LEASE_WAIT: Duration = Duration::from_secs(1);
 
 /// How the upstream's response body reaches the client.
 struct ResponsePlan {
@@ -166,7 +185,8 @@ struct ClientInfo {
     listener: usize,
     /// The client's address as text, formatted once per connection.
     peer_ip: IpText,
-    /// The client's address, for authorization conditions.
+    /// The connection's client address: the PROXY protocol source, else the TCP peer. A
+    /// request's client address may differ behind trusted proxies (`X-Forwarded-For`).
     peer: IpAddr,
     /// The connection arrived over TLS.
     tls: bool,
@@ -205,16 +225,49 @@ struct Connection<C> {
     served: u64,
 }
 
-/// Serves one accepted client connection until it closes (after the TLS handshake when the
-/// listener terminates TLS).
+/// Serves one accepted client connection until it closes: the PROXY protocol header when the
+/// listener expects one (phase 1), the connection caps, the TLS handshake when the listener
+/// terminates TLS, then the request loop.
 pub async fn serve_connection(core: Rc<Core>, listener: usize, tcp: TcpStream, peer: SocketAddr) {
     core.active_connections
         .set(core.active_connections.get() + 1);
+    serve_accepted(&core, listener, tcp, peer).await;
+    core.active_connections
+        .set(core.active_connections.get() - 1);
+}
+
+async fn serve_accepted(core: &Rc<Core>, listener: usize, tcp: TcpStream, peer: SocketAddr) {
     let generation = core.current();
+    let settings = &generation.snapshot.listeners[listener];
+    let mut client_ip = peer.ip();
+    if settings.proxy_protocol != ProxyProtocol::Off {
+        let deadline = Instant::now() + generation.snapshot.limits.head_timeout;
+        match accept::read_proxy_header(&tcp, settings.proxy_protocol, deadline).await {
+            Ok(source) => client_ip = source.map_or(client_ip, |s| s.ip()),
+            Err(err) => {
+                core.counters.proxy_refused.bump();
+                if let Some(suppressed) = core.warnings.proxy_protocol.allow(Instant::now()) {
+                    tracing::warn!(core = core.id, %peer, error = %err, suppressed, "connection closed");
+                }
+                return;
+            }
+        }
+    }
+    let client_ip = client_ip.to_canonical();
+    let _admitted = match core.connections.admit(listener, client_ip, settings.caps) {
+        Ok(admitted) => admitted,
+        Err(cap) => {
+            core.counters.over_cap.bump();
+            if let Some(suppressed) = core.warnings.over_cap.allow(Instant::now()) {
+                tracing::warn!(core = core.id, listener = %settings.name, client_ip = %client_ip, cap = ?cap, suppressed, "connection cap reached: connection closed");
+            }
+            return;
+        }
+    };
     let info = ClientInfo {
         listener,
-        peer_ip: IpText::new(peer.ip()),
-        peer: peer.ip(),
+        peer_ip: IpText::new(client_ip),
+        peer: client_ip,
         tls: false,
         identity: None,
         identity_fields: OnceCell::new(),
@@ -229,8 +282,6 @@ pub async fn serve_connection(core: Rc<Core>, listener: usize, tcp: TcpStream, p
         // carry (and copy) room for it.
         Some(tls) => Box::pin(serve_tls(core.clone(), generation, tcp, tls, info)).await,
     }
-    core.active_connections
-        .set(core.active_connections.get() - 1);
 }
 
 /// The TLS part of [`serve_connection`]: handshake, then the request loop over the session.
@@ -314,9 +365,10 @@ impl<C: ByteStream> Connection<C> {
             max_uri_bytes: limits.max_uri_bytes,
         };
         let mut head_deadline = (self.served == 0).then(|| Instant::now() + limits.head_timeout);
-        let mut waited = false;
+        let mut waited = Waited::default();
         loop {
             let mut wait = None;
+            let mut lease_wait = None;
             if self.inbuf.len() > self.pos {
                 if head_deadline.is_none() {
                     head_deadline = Some(Instant::now() + limits.head_timeout);
@@ -333,6 +385,7 @@ impl<C: ByteStream> Connection<C> {
                             Prepare::Ready(prepared) => return Some(Ok(prepared)),
                             Prepare::Refused(reject) => return Some(Err(reject)),
                             Prepare::Wait(w) => wait = Some(w),
+                            Prepare::LeaseWait(key) => lease_wait = Some(key),
                         }
                     }
                     Ok(None) => {}
@@ -353,7 +406,12 @@ impl<C: ByteStream> Connection<C> {
                 while !wait.ready(&core.auth) && Instant::now() < deadline {
                     monoio::time::sleep(Duration::from_millis(1)).await;
                 }
-                waited = true;
+                waited.auth = true;
+                continue;
+            }
+            if let Some(key) = lease_wait {
+                core.limits.wait_for_lease(key, LEASE_WAIT).await;
+                waited.lease = true;
                 continue;
             }
             let waiting_idle = head_deadline.is_none();
@@ -875,6 +933,13 @@ fn plan_response(
     if !resp.has_request_id {
         push_header(out, b"X-Request-Id", prepared.request_id.as_bytes());
     }
+    if let Some(shown) = prepared.rate_limit {
+        let _ = write!(
+            out,
+            "RateLimit-Limit: {}\r\nRateLimit-Remaining: {}\r\nRateLimit-Reset: {}\r\n",
+            shown.limit, shown.remaining, shown.reset
+        );
+    }
     if !client_keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");
     } else if prepared.client_minor == 0 {
@@ -899,7 +964,7 @@ fn prepare(
     client: &ClientInfo,
     req: &Request<'_>,
     out: &mut Vec<u8>,
-    waited: bool,
+    waited: Waited,
 ) -> Prepare {
     let snapshot = &generation.snapshot;
     let router = &snapshot.listeners[client.listener].router;
@@ -922,8 +987,25 @@ fn prepare(
         })
     };
 
-    // 3. Route, on the normalized path (the one the upstream will receive).
+    // 1. The request's client address (behind trusted proxies, from `X-Forwarded-For`), and
+    // the listener's IP lists.
     let listener = &snapshot.listeners[client.listener];
+    let client_ip = if listener.trusted_proxies.is_empty() {
+        client.peer
+    } else {
+        let forwarded = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+            .map(|h| h.value);
+        client_address(client.peer, forwarded, &listener.trusted_proxies).to_canonical()
+    };
+    if !listener.ip.is_empty() && !listener.ip.admits(client_ip) {
+        core.counters.ip_denied.bump();
+        return reject(403, RejectHeaders::None, Some("ip_denied"));
+    }
+
+    // 3. Route, on the normalized path (the one the upstream will receive).
     let mut path_buffers = core.path_buffers.borrow_mut();
     let (normal, working) = &mut *path_buffers;
     let normalized = normalize(
@@ -971,14 +1053,49 @@ fn prepare(
         .as_ref()
         .and_then(|pattern| pattern.capture(path, &mut params));
 
-    // 4. Filter.
+    // 4. Filter: the API's and route's IP lists and request filters, then the body limit.
+    if route.ip.iter().any(|rules| !rules.admits(client_ip)) {
+        core.counters.ip_denied.bump();
+        return reject(403, RejectHeaders::None, Some("ip_denied"));
+    }
+    if !route.filters.is_empty() {
+        let mut scratch = core.filter_scratch.borrow_mut();
+        if let Some(blocked) = route
+            .filters
+            .iter()
+            .find_map(|f| f.check(req, &mut scratch))
+        {
+            core.counters.filtered.bump();
+            tracing::info!(core = core.id, rule = blocked.rule(), route = %route.id, client_ip = %client_ip, "request blocked by filter");
+            return Prepare::Refused(Reject {
+                status: 403,
+                headers: RejectHeaders::None,
+                reason: Some("blocked_by_filter"),
+                rule: Some(blocked.rule().into()),
+                request_id,
+                reusable_head_len,
+                head_only: req.is_head(),
+            });
+        }
+    }
     if let BodyFraming::Length(n) = req.framing {
         if route.max_body_bytes > 0 && n > route.max_body_bytes {
             return reject(413, RejectHeaders::None, None);
         }
     }
 
-    // 5. Authenticate.
+    // 5. Authenticate (after the failed-authentication throttle: a client address with too
+    // many failures gets no credential work).
+    let throttle = snapshot.failed_auth.filter(|_| route.auth.is_some());
+    if let Some(throttle) = throttle {
+        if let Some(retry) = core
+            .limits
+            .throttled(FailureThrottle::key(client_ip), throttle.spec)
+        {
+            let line = format!("Retry-After: {retry}\r\n");
+            return reject(429, RejectHeaders::Line(line), Some("too_many_failures"));
+        }
+    }
     let identity = match &route.auth {
         None => None,
         Some(route_auth) => {
@@ -997,7 +1114,7 @@ fn prepare(
             );
             match outcome {
                 Outcome::Pass(identity, source) => Some((identity, source)),
-                Outcome::Wait(wait) if !waited => return Prepare::Wait(wait),
+                Outcome::Wait(wait) if !waited.auth => return Prepare::Wait(wait),
                 Outcome::Wait(wait) => {
                     let reason = match wait {
                         auth::Wait::Keys { .. } => auth::Reason::UnknownKey,
@@ -1005,7 +1122,15 @@ fn prepare(
                     };
                     return refuse_auth(reject, route_auth, reason);
                 }
-                Outcome::Refuse(reason) => return refuse_auth(reject, route_auth, reason),
+                Outcome::Refuse(reason) => {
+                    if let Some(throttle) = throttle {
+                        if reason.status() == 401 && reason != auth::Reason::MissingCredential {
+                            core.limits
+                                .record_failure(FailureThrottle::key(client_ip), throttle.spec);
+                        }
+                    }
+                    return refuse_auth(reject, route_auth, reason);
+                }
             }
         }
     };
@@ -1013,14 +1138,65 @@ fn prepare(
     // 6. Authorize.
     if let (Some((identity, _)), Some(policy)) = (&identity, &route.access) {
         let path_params = (route.pattern.as_ref(), path, &params);
-        if let Some(refusal) = authorize(core, snapshot, policy, identity, client, req, path_params)
-        {
+        if let Some(refusal) = authorize(
+            core,
+            snapshot,
+            policy,
+            identity,
+            client_ip,
+            req,
+            path_params,
+        ) {
             return Prepare::Refused(Reject {
                 request_id,
                 reusable_head_len,
                 head_only: req.is_head(),
                 ..refusal
             });
+        }
+    }
+
+    // 7. Rate limit: the route's and API's limits, and those of the consumer's plan.
+    let mut rate_limit = None;
+    let plan_limits = identity.as_ref().map_or(&[][..], |(identity, _)| {
+        plan_limits(core, snapshot, identity, &route.api)
+    });
+    if !route.limits.is_empty() || !plan_limits.is_empty() {
+        let facts = KeyFacts {
+            consumer: identity.as_ref().map(|(i, _)| &*i.consumer.id),
+            credential: identity.as_ref().map(|(i, _)| &*i.credential_id),
+            client_ip,
+            route: &route.id,
+            api: &route.api,
+            headers: req.headers,
+        };
+        let unix = auth::unix_now();
+        let applied = route
+            .limits
+            .iter()
+            .chain(plan_limits)
+            .map(|rule| Applied::new(rule, &facts, unix));
+        match core.limits.check(applied, &facts, unix, waited.lease) {
+            Verdict::Allow(shown) => rate_limit = shown,
+            Verdict::Wait(key) => return Prepare::LeaseWait(key),
+            Verdict::Deny {
+                quota,
+                retry_after,
+                shown,
+            } => {
+                let mut lines = format!("Retry-After: {retry_after}\r\n");
+                push_rate_limit_fields(&mut lines, shown);
+                let reason = if quota {
+                    "quota_exceeded"
+                } else {
+                    "rate_limited"
+                };
+                return reject(429, RejectHeaders::Line(lines), Some(reason));
+            }
+            Verdict::Unavailable => {
+                let line = "Retry-After: 1\r\n".to_string();
+                return reject(503, RejectHeaders::Line(line), Some("limit_unavailable"));
+            }
         }
     }
 
@@ -1060,7 +1236,11 @@ fn prepare(
     if req.framing == BodyFraming::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
-    push_header(out, b"X-Forwarded-For", client.peer_ip.as_bytes());
+    if client_ip == client.peer {
+        push_header(out, b"X-Forwarded-For", client.peer_ip.as_bytes());
+    } else {
+        push_header(out, b"X-Forwarded-For", IpText::new(client_ip).as_bytes());
+    }
     out.extend_from_slice(if client.tls {
         b"X-Forwarded-Proto: https\r\n"
     } else {
@@ -1092,7 +1272,38 @@ fn prepare(
         upstream: route.upstream,
         max_body: route.max_body_bytes,
         request_id,
+        rate_limit,
     })
+}
+
+/// The limits of the plan the consumer's subscription to `api` names (none without one).
+fn plan_limits<'s>(
+    core: &Core,
+    snapshot: &'s crate::snapshot::Snapshot,
+    identity: &auth::Identity,
+    api: &str,
+) -> &'s [crate::limit::LimitRule] {
+    if snapshot.plans.iter().all(|p| p.limits.is_empty()) {
+        return &[];
+    }
+    let state = core.auth.state();
+    let mut scratch = core.access_scratch.borrow_mut();
+    let plan = state
+        .credentials
+        .subscription(&identity.consumer.id, api, &mut scratch)
+        .and_then(|s| s.plan.as_deref())
+        .and_then(|name| snapshot.plans.iter().find(|p| *p.name == *name));
+    plan.map_or(&[], |p| &p.limits)
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` lines.
+fn push_rate_limit_fields(out: &mut String, shown: Shown) {
+    use std::fmt::Write as _;
+    let _ = write!(
+        out,
+        "RateLimit-Limit: {}\r\nRateLimit-Remaining: {}\r\nRateLimit-Reset: {}\r\n",
+        shown.limit, shown.remaining, shown.reset
+    );
 }
 
 /// The access decision for an authenticated request; a refusal (403) when denied. A shadow
@@ -1102,7 +1313,7 @@ fn authorize(
     snapshot: &crate::snapshot::Snapshot,
     policy: &access::RoutePolicy,
     identity: &auth::Identity,
-    client: &ClientInfo,
+    client_ip: IpAddr,
     req: &Request<'_>,
     (pattern, path, ranges): (Option<&PathPattern>, &str, &[ParamRange; MAX_PATH_PARAMS]),
 ) -> Option<Reject> {
@@ -1119,7 +1330,7 @@ fn authorize(
     let request = access::Request {
         method: req.method,
         headers: req.headers,
-        client_ip: client.peer,
+        client_ip,
         path_params: &path_params[..count],
         now: auth::unix_now(),
     };

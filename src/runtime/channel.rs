@@ -1,9 +1,14 @@
-//! The control side → core channel: a bounded crossbeam channel for the messages plus a wake-up
-//! socket the core's reactor awaits (one byte per message on a socketpair, read through the
-//! reactor like any other socket). A core reacts to a message at once and sleeps while there is
-//! none; no timer polls the channel.
+//! The channels into a core: a bounded crossbeam channel for the control side's messages, an
+//! unbounded one for the other cores' lease messages, and one wake-up socket the core's reactor
+//! awaits for both (one byte per message on a socketpair, read through the reactor like any
+//! other socket). A core reacts to a message at once and sleeps while there is none; no timer
+//! polls the channels.
+//!
+//! The peer channel is unbounded so that a core never waits on another: each core has at most
+//! one lease request in flight per key, and keys per core are bounded.
 
 use super::ControlMsg;
+use crate::limit::LeaseMsg;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use monoio::io::AsyncReadRent;
 use std::io::Write;
@@ -18,28 +23,65 @@ pub struct ControlSender {
     wake: UnixStream,
 }
 
-/// A core's end, before its reactor runs.
-pub struct ControlReceiver {
-    messages: Receiver<ControlMsg>,
+/// Another core's end (lease messages).
+pub struct PeerSender {
+    messages: Sender<LeaseMsg>,
     wake: UnixStream,
 }
 
-/// A connected pair of ends.
-pub fn control_channel() -> std::io::Result<(ControlSender, ControlReceiver)> {
+/// A core's end, before its reactor runs.
+pub struct ControlReceiver {
+    messages: Receiver<ControlMsg>,
+    peers: Receiver<LeaseMsg>,
+    wake: UnixStream,
+}
+
+/// The ends of one core's channels: the control side's, the other cores', and the core's own.
+pub fn control_channel() -> std::io::Result<(ControlSender, PeerSender, ControlReceiver)> {
     let (messages, receiver) = crossbeam_channel::bounded(CAPACITY);
+    let (peer_messages, peer_receiver) = crossbeam_channel::unbounded();
     let (wake_tx, wake_rx) = UnixStream::pair()?;
     wake_tx.set_nonblocking(true)?;
     wake_rx.set_nonblocking(true)?;
     Ok((
         ControlSender {
             messages,
+            wake: wake_tx.try_clone()?,
+        },
+        PeerSender {
+            messages: peer_messages,
             wake: wake_tx,
         },
         ControlReceiver {
             messages: receiver,
+            peers: peer_receiver,
             wake: wake_rx,
         },
     ))
+}
+
+impl PeerSender {
+    /// A handle for another core.
+    pub fn try_clone(&self) -> std::io::Result<PeerSender> {
+        Ok(PeerSender {
+            messages: self.messages.clone(),
+            wake: self.wake.try_clone()?,
+        })
+    }
+
+    /// Queues `message` and wakes the core (never blocks; a gone core drops it).
+    pub fn send(&self, message: LeaseMsg) {
+        if self.messages.send(message).is_ok() {
+            let _ = (&self.wake).write(&[1]);
+        }
+    }
+}
+
+/// What arrives on a core's channels.
+#[derive(Debug)]
+pub enum Incoming {
+    Control(ControlMsg),
+    Peer(LeaseMsg),
 }
 
 impl ControlSender {
@@ -68,6 +110,7 @@ impl ControlReceiver {
     pub fn into_stream(self) -> std::io::Result<ControlStream> {
         Ok(ControlStream {
             messages: self.messages,
+            peers: self.peers,
             wake: monoio::net::UnixStream::from_std(self.wake)?,
             buf: Some(vec![0u8; 64]),
         })
@@ -77,18 +120,22 @@ impl ControlReceiver {
 /// A core's end inside its reactor.
 pub struct ControlStream {
     messages: Receiver<ControlMsg>,
+    peers: Receiver<LeaseMsg>,
     wake: monoio::net::UnixStream,
     buf: Option<Vec<u8>>,
 }
 
 impl ControlStream {
     /// The next message; `None` when the control side is gone.
-    pub async fn next(&mut self) -> Option<ControlMsg> {
+    pub async fn next(&mut self) -> Option<Incoming> {
         loop {
             match self.messages.try_recv() {
-                Ok(message) => return Some(message),
+                Ok(message) => return Some(Incoming::Control(message)),
                 Err(TryRecvError::Disconnected) => return None,
                 Err(TryRecvError::Empty) => {}
+            }
+            if let Ok(message) = self.peers.try_recv() {
+                return Some(Incoming::Peer(message));
             }
             let buf = self.buf.take().unwrap_or_else(|| vec![0u8; 64]);
             let (result, buf) = self.wake.read(buf).await;

@@ -7,9 +7,13 @@ pub mod channel;
 pub mod drain;
 
 use crate::auth::{AuthLinks, AuthState};
+use crate::filter::connections::ConnectionCounts;
+use crate::limit::limiter::TableSizes;
+use crate::limit::quota_file::{QuotaSink, SavedQuotas};
+use crate::limit::CoreLimits;
 use crate::proxy::{request_id::random_seed, serve_connection, Core};
 use crate::snapshot::Snapshot;
-use channel::{control_channel, ControlReceiver, ControlSender};
+use channel::{control_channel, ControlReceiver, ControlSender, Incoming, PeerSender};
 use crossbeam_channel::Sender;
 use monoio::net::{ListenerOpts, TcpListener};
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
@@ -188,10 +192,23 @@ pub fn return_free_memory() {
 
 static FALLBACK_WARNING: Once = Once::new();
 
+/// What every core's limit state starts from.
+#[derive(Clone)]
+pub struct LimitSetup {
+    pub sizes: TableSizes,
+    /// Quota counts saved by the previous run.
+    pub saved: Arc<SavedQuotas>,
+    /// Where quota counts are saved (`None` when no quota is configured).
+    pub sink: Option<QuotaSink>,
+    /// Open connections per listener and client address, all cores together.
+    pub connections: Arc<ConnectionCounts>,
+}
+
 /// Starts `count` workers serving `snapshot`; returns once every worker listens.
 pub fn start_workers(
     snapshot: Arc<Snapshot>,
     auth: (Arc<AuthState>, AuthLinks),
+    limits: LimitSetup,
     count: usize,
     pin: bool,
 ) -> Result<Vec<Worker>, StartError> {
@@ -200,15 +217,42 @@ pub fn start_workers(
     let budget = connection_budget(nofile_limit(), count);
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut workers = Vec::with_capacity(count);
-    for id in 0..count {
-        let (control, control_rx) = control_channel().map_err(StartError::Spawn)?;
+    let mut channels = Vec::with_capacity(count);
+    for _ in 0..count {
+        channels.push(control_channel().map_err(StartError::Spawn)?);
+    }
+    // Every core can reach every other for leases (with one core, nobody needs to).
+    let peers: Vec<PeerSender> = if count > 1 {
+        channels
+            .iter()
+            .map(|(_, peer, _)| peer)
+            .map(PeerSender::try_clone)
+            .collect::<Result<_, _>>()
+            .map_err(StartError::Spawn)?
+    } else {
+        Vec::new()
+    };
+    for (id, (control, _, control_rx)) in channels.into_iter().enumerate() {
         let cpu = (pin && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let snapshot = snapshot.clone();
         let auth = (auth.0.clone(), auth.1.clone());
         let ready = ready_tx.clone();
+        let peers = peers
+            .iter()
+            .map(PeerSender::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StartError::Spawn)?;
+        let limits = CoreLimitsSeed {
+            setup: limits.clone(),
+            peers,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("cflow-core-{id}"))
-            .spawn(move || worker_thread(id, cpu, budget, snapshot, auth, seed, control_rx, ready))
+            .spawn(move || {
+                worker_thread(
+                    id, cpu, budget, snapshot, auth, limits, seed, control_rx, ready,
+                )
+            })
             .map_err(StartError::Spawn)?;
         workers.push(Worker { thread, control });
     }
@@ -241,6 +285,12 @@ pub fn stop_workers(workers: Vec<Worker>) {
 
 type Ready = mpsc::Sender<Result<(), StartError>>;
 
+/// What a worker thread builds its [`CoreLimits`] from.
+struct CoreLimitsSeed {
+    setup: LimitSetup,
+    peers: Vec<PeerSender>,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn worker_thread(
     id: usize,
@@ -248,6 +298,7 @@ fn worker_thread(
     budget: usize,
     snapshot: Arc<Snapshot>,
     auth: (Arc<AuthState>, AuthLinks),
+    limits: CoreLimitsSeed,
     seed: u64,
     control: ControlReceiver,
     ready: Ready,
@@ -257,7 +308,25 @@ fn worker_thread(
             tracing::warn!(worker = id, cpu, error = %err, "cannot pin worker to its CPU");
         }
     }
-    let core = Rc::new(Core::new(id, snapshot, auth.0, Some(auth.1), seed, budget));
+    let limits_seed_connections = limits.setup.connections.clone();
+    let limits = CoreLimits::new(
+        id,
+        limits.peers,
+        limits.setup.sizes,
+        limits.setup.saved,
+        limits.setup.sink,
+    );
+    let connections = limits_seed_connections;
+    let core = Rc::new(Core::new(
+        id,
+        snapshot,
+        auth.0,
+        Some(auth.1),
+        limits,
+        connections,
+        seed,
+        budget,
+    ));
     if monoio::utils::detect_uring() {
         // Deferred task running needs Linux 6.1; older kernels get a plain ring.
         let mut last_error = None;
@@ -350,14 +419,16 @@ async fn worker_main(core: Rc<Core>, control: ControlReceiver, ready: Ready) {
             monoio::spawn(accept_loop(core.clone(), index, listener.clone()));
         }
     }
+    monoio::spawn(limit_upkeep(core.clone()));
     while let Some(message) = control.next().await {
         match message {
-            ControlMsg::Drain => break,
-            ControlMsg::Adopt(snapshot, auth, ack) => {
+            Incoming::Peer(message) => core.limits.on_message(message),
+            Incoming::Control(ControlMsg::Drain) => break,
+            Incoming::Control(ControlMsg::Adopt(snapshot, auth, ack)) => {
                 core.adopt(snapshot, auth);
                 let _ = ack.send(core.id);
             }
-            ControlMsg::Auth(auth, ack) => {
+            Incoming::Control(ControlMsg::Auth(auth, ack)) => {
                 core.auth.adopt(auth);
                 let _ = ack.send(core.id);
             }
@@ -384,7 +455,10 @@ async fn worker_main(core: Rc<Core>, control: ControlReceiver, ready: Ready) {
             "drain timeout: closing remaining connections"
         );
     }
+    // Lease answers still arriving are not needed any more; the counts this core owns are.
+    core.limits.flush_quotas();
     log_auth_totals(&core);
+    log_limit_totals(&core);
     let counters = &core.counters;
     if counters.over_budget.get() > 0 {
         tracing::info!(
@@ -401,6 +475,40 @@ async fn worker_main(core: Rc<Core>, control: ControlReceiver, ready: Ready) {
             resumed = counters.tls_resumed.get(),
             failed = counters.tls_failures.get(),
             "TLS totals"
+        );
+    }
+}
+
+/// How often a core gives back idle leases and saves quota counts.
+const LIMIT_UPKEEP: Duration = Duration::from_millis(100);
+
+/// The core's limit upkeep, until the drain.
+async fn limit_upkeep(core: Rc<Core>) {
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(LIMIT_UPKEEP) => {},
+            _ = core.drain.wait() => return,
+        }
+        core.limits.upkeep();
+    }
+}
+
+/// Logs what the core's limits did.
+fn log_limit_totals(core: &Core) {
+    let c = &core.limits.counters;
+    if c.rate_limited.get() + c.quota_exceeded.get() + c.throttled.get() > 0 {
+        let (buckets, quotas, leases) = core.limits.tracked();
+        tracing::info!(
+            core = core.id,
+            allowed = c.allowed.get(),
+            rate_limited = c.rate_limited.get(),
+            quota_exceeded = c.quota_exceeded.get(),
+            throttled = c.throttled.get(),
+            lease_requests = c.lease_requests.get(),
+            buckets,
+            quotas,
+            leases,
+            "limit totals"
         );
     }
 }
