@@ -45,8 +45,8 @@ pub enum LeaseMsg {
         want: u64,
         text: Option<Box<str>>,
     },
-    /// The owner's answer: `tokens` granted (maybe 0), what it has left, and when to ask again
-    /// (`retry_nanos`, when nothing was granted).
+    /// The owner's answer: `tokens` granted (maybe 0), what it has left, and — when it has
+    /// nothing left — when to ask again (`retry_nanos`).
     Grant {
         key: u64,
         spec: Spec,
@@ -232,7 +232,7 @@ impl CoreLimits {
     /// Checks every limit of a request and, when all admit it, counts it against each (the
     /// limits are walked twice, so nothing is collected). `facts` makes a quota's saved key
     /// (only when a count is created or a lease asked for). `waited`: the request already
-    /// waited for a lease once.
+    /// waited for leases as often as it may.
     pub fn check<'r>(
         &self,
         applied: impl Iterator<Item = Applied<'r>> + Clone,
@@ -242,6 +242,7 @@ impl CoreLimits {
     ) -> Verdict {
         let now = self.now();
         let mut shown: Option<Shown> = None;
+        let mut pending = None;
         for a in applied.clone() {
             match self.availability(&a, facts, now, unix) {
                 Availability::Yes(s) => {
@@ -263,9 +264,16 @@ impl CoreLimits {
                         shown,
                     };
                 }
-                Availability::Pending if waited => return Verdict::Unavailable,
-                Availability::Pending => return Verdict::Wait(a.key),
+                // Keep going: every missing lease is asked for at once.
+                Availability::Pending => pending = pending.or(Some(a.key)),
             }
+        }
+        if let Some(key) = pending {
+            return if waited {
+                Verdict::Unavailable
+            } else {
+                Verdict::Wait(key)
+            };
         }
         for a in applied {
             self.spend(&a, now);
@@ -589,7 +597,9 @@ impl CoreLimits {
                     tokens,
                     remaining: bucket.whole(),
                     reset_secs: bucket.secs_to_full(spec),
-                    retry_nanos: if tokens == 0 {
+                    // When the bucket is empty now, say when it has a token again: a core left
+                    // with nothing refuses locally until then.
+                    retry_nanos: if bucket.whole() == 0 {
                         bucket.nanos_to_one(spec).max(1)
                     } else {
                         0
@@ -616,7 +626,7 @@ impl CoreLimits {
                     tokens,
                     remaining: limit.saturating_sub(q.used),
                     reset_secs: reset,
-                    retry_nanos: if tokens == 0 {
+                    retry_nanos: if q.used >= limit {
                         reset * 1_000_000_000
                     } else {
                         0
@@ -696,6 +706,18 @@ impl CoreLimits {
             .borrow_mut()
             .retain(|_, (spec, bucket)| !bucket.is_idle_full(*spec, now));
         self.flush_quotas();
+    }
+
+    /// Gives every unused lease back to its owner (at shutdown).
+    pub fn return_leases(&self) {
+        self.leases.borrow_mut().for_each(|key, lease| {
+            if lease.tokens > 0 {
+                let tokens = std::mem::take(&mut lease.tokens);
+                if let Some(spec) = lease.spec {
+                    self.send(self.owner(key), LeaseMsg::Return { key, spec, tokens });
+                }
+            }
+        });
     }
 
     /// Sends every changed quota count to the writer and drops ended periods.

@@ -111,14 +111,21 @@ impl SavedQuotas {
     }
 }
 
+/// What the writer receives.
+enum WriterMsg {
+    Counts(Vec<QuotaRecord>),
+    /// Write what is left and stop.
+    Stop,
+}
+
 /// A core's way to hand counts to the writer (never blocks).
 #[derive(Clone)]
-pub struct QuotaSink(Sender<Vec<QuotaRecord>>);
+pub struct QuotaSink(Sender<WriterMsg>);
 
 impl QuotaSink {
     /// Queues a batch; false when the queue is full (send the counts again later).
     pub fn offer(&self, batch: Vec<QuotaRecord>) -> bool {
-        match self.0.try_send(batch) {
+        match self.0.try_send(WriterMsg::Counts(batch)) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => false,
             Err(TrySendError::Disconnected(_)) => true,
@@ -129,7 +136,7 @@ impl QuotaSink {
 /// The writer thread.
 pub struct QuotaWriter {
     thread: JoinHandle<()>,
-    sender: Sender<Vec<QuotaRecord>>,
+    sender: Sender<WriterMsg>,
 }
 
 impl QuotaWriter {
@@ -165,10 +172,9 @@ impl QuotaWriter {
         ))
     }
 
-    /// Writes what is left and stops, once every [`QuotaSink`] is gone (the cores have sent
-    /// their last counts and stopped).
+    /// Writes what is left and stops (call it once the cores have sent their last counts).
     pub fn finish(self) {
-        drop(self.sender);
+        let _ = self.sender.send(WriterMsg::Stop);
         let _ = self.thread.join();
     }
 }
@@ -179,7 +185,7 @@ const WRITE_INTERVAL: Duration = Duration::from_secs(1);
 fn write_loop(
     path: PathBuf,
     mut counts: HashMap<Box<str>, QuotaRecord>,
-    batches: Receiver<Vec<QuotaRecord>>,
+    batches: Receiver<WriterMsg>,
 ) {
     let mut dirty = false;
     let mut last_write = Instant::now() - WRITE_INTERVAL;
@@ -191,14 +197,14 @@ fn write_loop(
             Duration::from_secs(3600)
         };
         match batches.recv_timeout(wait) {
-            Ok(batch) => {
+            Ok(WriterMsg::Counts(batch)) => {
                 for record in batch {
                     counts.insert(record.key.clone(), record);
                 }
                 dirty = true;
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+            Ok(WriterMsg::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                 if dirty {
                     write_file(&path, &mut counts);
                 }
@@ -268,7 +274,6 @@ mod tests {
                 used: 5,
             },
         ]));
-        drop(sink);
         writer.finish();
         let saved = SavedQuotas::load(&path).unwrap();
         assert_eq!(saved.used("api orders|alice", 7), 41);

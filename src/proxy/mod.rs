@@ -124,11 +124,14 @@ enum Prepare {
 #[derive(Debug, Clone, Copy, Default)]
 struct Waited {
     auth: bool,
-    lease: bool,
+    /// Lease waits so far (a request with several limits may need one per owner core).
+    leases: u8,
 }
 
 /// Longest a request waits for a lease from the key's owner core.
 const LEASE_WAIT: Duration = Duration::from_secs(1);
+/// Lease waits one request may have.
+const MAX_LEASE_WAITS: u8 = 3;
 
 /// How the upstream's response body reaches the client.
 struct ResponsePlan {
@@ -411,7 +414,7 @@ impl<C: ByteStream> Connection<C> {
             }
             if let Some(key) = lease_wait {
                 core.limits.wait_for_lease(key, LEASE_WAIT).await;
-                waited.lease = true;
+                waited.leases += 1;
                 continue;
             }
             let waiting_idle = head_deadline.is_none();
@@ -1176,7 +1179,8 @@ fn prepare(
             .iter()
             .chain(plan_limits)
             .map(|rule| Applied::new(rule, &facts, unix));
-        match core.limits.check(applied, &facts, unix, waited.lease) {
+        let waited_enough = waited.leases >= MAX_LEASE_WAITS;
+        match core.limits.check(applied, &facts, unix, waited_enough) {
             Verdict::Allow(shown) => rate_limit = shown,
             Verdict::Wait(key) => return Prepare::LeaseWait(key),
             Verdict::Deny {

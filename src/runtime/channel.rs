@@ -126,6 +126,11 @@ pub struct ControlStream {
 }
 
 impl ControlStream {
+    /// A peer message already queued, without waiting.
+    pub fn try_next_peer(&mut self) -> Option<LeaseMsg> {
+        self.peers.try_recv().ok()
+    }
+
     /// The next message; `None` when the control side is gone.
     pub async fn next(&mut self) -> Option<Incoming> {
         loop {

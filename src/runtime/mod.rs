@@ -35,6 +35,9 @@ pub enum ControlMsg {
     /// New credentials or issuer keys: authenticate from this state (verified-credential
     /// caches are emptied); acked like `Adopt`.
     Auth(Arc<AuthState>, Sender<usize>),
+    /// Shutting down: give every unused lease back to its owner core, then ack (sent to every
+    /// core before `Drain`, so each owner counts the returns before it saves its quotas).
+    ReturnLeases(Sender<usize>),
 }
 
 /// Why the workers could not start.
@@ -273,8 +276,21 @@ pub fn start_workers(
     Ok(workers)
 }
 
+/// How long shutdown waits for the cores to give their leases back.
+const LEASE_RETURN_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Tells every worker to drain and waits for all of them to finish.
 pub fn stop_workers(workers: Vec<Worker>) {
+    let (ack, acks) = crossbeam_channel::unbounded();
+    for worker in &workers {
+        worker.control.send(ControlMsg::ReturnLeases(ack.clone()));
+    }
+    let deadline = Instant::now() + LEASE_RETURN_TIMEOUT;
+    for _ in &workers {
+        if acks.recv_deadline(deadline).is_err() {
+            break;
+        }
+    }
     for worker in &workers {
         worker.control.send(ControlMsg::Drain);
     }
@@ -432,7 +448,16 @@ async fn worker_main(core: Rc<Core>, control: ControlReceiver, ready: Ready) {
                 core.auth.adopt(auth);
                 let _ = ack.send(core.id);
             }
+            Incoming::Control(ControlMsg::ReturnLeases(ack)) => {
+                core.limits.return_leases();
+                let _ = ack.send(core.id);
+            }
         }
+    }
+    // Leases the other cores gave back before the drain are counted before the quotas are
+    // saved.
+    while let Some(message) = control.try_next_peer() {
+        core.limits.on_message(message);
     }
     // Stop listening before anything else: a pending io_uring accept keeps a listening socket
     // alive in the kernel until the ring is torn down, which can outlive the process.
