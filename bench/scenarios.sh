@@ -26,6 +26,10 @@ scenario_reset() {
     S_EXPECT_STATUS="200"  # what the verification request must get through each proxy ...
     S_EXPECT_BODY=""       # ... a substring of the body ...
     S_EXPECT_BYTES=""      # ... or the exact body length
+    S_SPEND_FIRST=""       # "yes": one request before the verification, not checked (spends a
+                           # rate-limit burst so that the verification sees the refusal)
+    S_EXPECT_REFUSALS=""   # a status the measured requests are expected to get (e.g. 429): the
+                           # report does not flag them as problems
     S_REJECT_CHECKS=()     # extra curl arguments, one string per check, that must NOT get a 2xx
     S_SETUP=""             # function run once before the first run (generate keys, tokens, files)
     S_SKIP=()              # "peer: reason" — the peer cannot do this scenario (yet)
@@ -205,6 +209,40 @@ scenario_jwt_rs256_nocache() {
 entries = 0
 
 $S_CFLOW_TOP"
+}
+
+# A per-client-address rate limit high enough never to refuse: the cost of counting every
+# request in a token bucket. nginx: limit_req; haproxy: a stick table with the request rate.
+scenario_rate_limited() {
+    S_DESC="GET / under a per-client-address rate limit (10⁸ req/s) that never refuses: the cost of the bucket."
+    S_EXPECT_BODY="hello from upstream"
+    S_CFLOW_ROUTE='[[apis.routes.rate_limits]]
+key = ["client_ip"]
+rate = "100000000/s"'
+    S_NGINX_HTTP="limit_req_zone \$binary_remote_addr zone=perclient:10m rate=100000000r/s; limit_req_status 429;"
+    S_NGINX_LOCATION="limit_req zone=perclient burst=1000000 nodelay;"
+    S_HAPROXY_FRONTEND="stick-table type ip size 100k expire 10s store http_req_rate(1s)
+    http-request track-sc0 src
+    http-request deny deny_status 429 if { sc_http_req_rate(0) gt 100000000 }"
+}
+
+# A per-client-address limit of one request an hour: after the first request, every request is
+# refused with 429 at the proxy (refusing must cost less than proxying).
+scenario_rate_limit_hit() {
+    S_DESC="GET / over a per-client-address limit of 1 request/hour: every measured request is refused with 429."
+    S_SPEND_FIRST="yes"
+    S_EXPECT_STATUS="429"
+    S_EXPECT_REFUSALS="429"
+    S_CFLOW_ROUTE='[[apis.routes.rate_limits]]
+key = ["client_ip"]
+rate = "1/h"
+burst = 1'
+    S_NGINX_HTTP="limit_req_zone \$binary_remote_addr zone=perclient:10m rate=1r/m; limit_req_status 429;"
+    S_NGINX_LOCATION="limit_req zone=perclient nodelay;"
+    S_HAPROXY_FRONTEND="stick-table type ip size 100k expire 1h store http_req_cnt
+    http-request track-sc0 src
+    http-request deny deny_status 429 if { sc_http_req_cnt(0) gt 1 }"
+    S_SKIP=("direct: the upstream does not limit")
 }
 
 # Authorization on top of a reused RS256 token: an approved subscription, two scopes for GET,

@@ -77,6 +77,11 @@ pub fn run(config_path: &Path) -> i32 {
         );
         println!("  curl -i http://{address}/orders/1           # 401 missing_credential");
         println!(
+            "  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' -H 'X-API-Key: {}' http://{address}/orders/1; done; echo   # 5 × 200, then 429",
+            credentials.api_key
+        );
+        println!("  curl -i 'http://{address}/orders?q=1%27%20OR%20%271%27=%271'   # 403 blocked_by_filter");
+        println!(
             "  curl -i -H 'X-API-Key: {}' http://{address}/orders/admin   # 403 insufficient_scope",
             credentials.api_key
         );

@@ -593,7 +593,8 @@ def report_markdown(data):
                     if not m:
                         continue
                     where = f"{scenario['name']}/{peer} round {r['round']} {phase}"
-                    if m.get("non_2xx") or m.get("errors"):
+                    expected_refusals = scenario.get("expect_refusals")
+                    if (m.get("non_2xx") and not expected_refusals) or m.get("errors"):
                         problems.append(f"{where}: non-2xx {m.get('non_2xx', 0)}, "
                                         f"errors {m.get('errors') or {}}")
                     util = m["loadgen_cpu_s_rusage"] / m["wall_s"] / threads if m.get("wall_s") else 0

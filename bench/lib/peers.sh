@@ -355,6 +355,9 @@ scenario_curl_args() {
 peer_verify() { # PEER
     local code body_bytes check extra
     scenario_curl_args
+    if [[ $S_SPEND_FIRST == yes ]]; then
+        curl "${CURL_ARGS[@]}" "$PEER_URL" >/dev/null || true
+    fi
     for check in 1 2; do
         code=$(curl "${CURL_ARGS[@]}" "$PEER_URL") || { log "$1: curl failed"; return 1; }
         if [[ $code != "$S_EXPECT_STATUS" ]]; then

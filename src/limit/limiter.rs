@@ -84,6 +84,18 @@ pub enum Verdict {
     Unavailable,
 }
 
+/// The failed-authentication throttle's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    Pass,
+    /// Too many failures: refuse, retry after this many seconds.
+    Refuse(u64),
+    /// A lease for `key` was asked for: wait, then ask again.
+    Wait(u64),
+    /// The owner did not answer in time.
+    Unavailable,
+}
+
 /// Counts of one core.
 #[derive(Default)]
 pub struct LimitCounters {
@@ -636,27 +648,52 @@ impl CoreLimits {
         }
     }
 
-    /// Failed-authentication throttle: `Some(retry after seconds)` when the client address
-    /// behind `key` has used up its failures. Never waits for a lease.
-    pub fn throttled(&self, key: u64, spec: BucketSpec) -> Option<u64> {
+    /// Failed-authentication throttle: whether the client address behind `key` may still try
+    /// a credential. On a core that does not own the key this needs a lease (one token of the
+    /// address's failure budget, held while it is used) like any other limit; successful
+    /// requests take nothing from it. `waited`: the request already waited for leases as often
+    /// as it may.
+    pub fn throttle(&self, key: u64, spec: BucketSpec, waited: bool) -> Throttle {
         let now = self.now();
-        let refused = if self.owner(key) == self.core {
+        let verdict = if self.owner(key) == self.core {
             let mut buckets = self.buckets.borrow_mut();
-            let (_, bucket) = buckets.get_mut(key)?;
-            bucket.refill(spec, now);
-            (bucket.whole() == 0).then(|| secs_ceil(bucket.nanos_to_one(spec)))
+            match buckets.get_mut(key) {
+                None => Throttle::Pass,
+                Some((_, bucket)) => {
+                    bucket.refill(spec, now);
+                    if bucket.whole() == 0 {
+                        Throttle::Refuse(secs_ceil(bucket.nanos_to_one(spec)))
+                    } else {
+                        Throttle::Pass
+                    }
+                }
+            }
         } else {
             let mut leases = self.leases.borrow_mut();
-            let lease = leases.get_mut(key)?;
-            (lease.tokens == 0 && lease.denied_until > now)
-                .then(|| secs_ceil(lease.denied_until - now))
+            let lease =
+                leases.get_or_insert_with(key, Lease::default, |key, old| self.give_back(key, old));
+            lease.spec = Some(Spec::Rate(spec));
+            if lease.tokens > 0 {
+                lease.last_used = now;
+                Throttle::Pass
+            } else if lease.denied_until > now {
+                Throttle::Refuse(secs_ceil(lease.denied_until - now))
+            } else if waited {
+                Throttle::Unavailable
+            } else {
+                if !lease.pending {
+                    lease.pending = true;
+                    self.ask(key, Spec::Rate(spec), None);
+                }
+                Throttle::Wait(key)
+            }
         };
-        if refused.is_some() {
+        if let Throttle::Refuse(_) = verdict {
             self.counters
                 .throttled
                 .set(self.counters.throttled.get() + 1);
         }
-        refused
+        verdict
     }
 
     /// Counts one failed authentication against the client address behind `key`.
@@ -675,14 +712,16 @@ impl CoreLimits {
             leases.get_or_insert_with(key, Lease::default, |key, old| self.give_back(key, old));
         lease.spec = Some(Spec::Rate(spec));
         lease.last_used = now;
+        // No asking ahead: the next request from this address on this core asks when it needs
+        // a token (failures are the slow path), so no core sits on budget it may never use.
         if lease.tokens > 0 {
             lease.tokens -= 1;
         } else {
             lease.debt += 1;
-        }
-        if lease.tokens <= self.lease_size(Spec::Rate(spec)) / 2 && !lease.pending {
-            lease.pending = true;
-            self.ask(key, Spec::Rate(spec), None);
+            if !lease.pending {
+                lease.pending = true;
+                self.ask(key, Spec::Rate(spec), None);
+            }
         }
     }
 

@@ -23,7 +23,7 @@ use crate::http::problem::{write_problem, write_problem_with_reason};
 use crate::http::request::{self, HeadLimits, Request};
 use crate::http::response::{self, Response};
 use crate::http::{header_slots, BodyFraming};
-use crate::limit::limiter::{Applied, Shown};
+use crate::limit::limiter::{Applied, Shown, Throttle};
 use crate::limit::{FailureThrottle, KeyFacts, Verdict};
 use crate::router::{ParamRange, PathPattern, RouteMatch, MAX_PATH_PARAMS};
 use crate::snapshot::Upstream;
@@ -1090,13 +1090,20 @@ fn prepare(
     // 5. Authenticate (after the failed-authentication throttle: a client address with too
     // many failures gets no credential work).
     let throttle = snapshot.failed_auth.filter(|_| route.auth.is_some());
+    let waited_enough = waited.leases >= MAX_LEASE_WAITS;
     if let Some(throttle) = throttle {
-        if let Some(retry) = core
-            .limits
-            .throttled(FailureThrottle::key(client_ip), throttle.spec)
-        {
-            let line = format!("Retry-After: {retry}\r\n");
-            return reject(429, RejectHeaders::Line(line), Some("too_many_failures"));
+        let key = FailureThrottle::key(client_ip);
+        match core.limits.throttle(key, throttle.spec, waited_enough) {
+            Throttle::Pass => {}
+            Throttle::Refuse(retry) => {
+                let line = format!("Retry-After: {retry}\r\n");
+                return reject(429, RejectHeaders::Line(line), Some("too_many_failures"));
+            }
+            Throttle::Wait(key) => return Prepare::LeaseWait(key),
+            Throttle::Unavailable => {
+                let line = "Retry-After: 1\r\n".to_string();
+                return reject(503, RejectHeaders::Line(line), Some("limit_unavailable"));
+            }
         }
     }
     let identity = match &route.auth {
@@ -1179,7 +1186,6 @@ fn prepare(
             .iter()
             .chain(plan_limits)
             .map(|rule| Applied::new(rule, &facts, unix));
-        let waited_enough = waited.leases >= MAX_LEASE_WAITS;
         match core.limits.check(applied, &facts, unix, waited_enough) {
             Verdict::Allow(shown) => rate_limit = shown,
             Verdict::Wait(key) => return Prepare::LeaseWait(key),

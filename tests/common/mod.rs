@@ -660,7 +660,13 @@ trait BufferedSocket {
     /// Reads more bytes onto the buffer; 0 at end of stream.
     fn fill(&mut self) -> io::Result<usize> {
         let mut tmp = vec![0u8; 64 * 1024];
-        let n = self.read_some(&mut tmp)?;
+        // A signal meant for another test's child process may interrupt the read: try again.
+        let n = loop {
+            match self.read_some(&mut tmp) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
         self.buffer().extend_from_slice(&tmp[..n]);
         Ok(n)
     }
