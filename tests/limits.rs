@@ -282,6 +282,54 @@ fn a_crash_loses_at_most_the_last_seconds_of_quota_counting() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
+/// `GET /` on a new connection that starts with a PROXY v1 header naming `ip`; returns the
+/// status. The connection is reset when dropped (`SO_LINGER` 0), so a flood of short
+/// connections leaves nothing in TIME_WAIT.
+fn via_proxy(port: u16, ip: &str) -> u16 {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a properly sized option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    let request =
+        format!("PROXY TCP4 {ip} 127.0.0.1 40000 80\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    // The whole response is read before the reset, so the gateway keeps its upstream
+    // connection for the next request.
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().expect("length"));
+            if response.len() >= end + 4 + length {
+                break;
+            }
+        }
+        let n = stream.read(&mut chunk).expect("read");
+        assert!(n > 0, "closed before a complete response");
+        response.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&response[9..12])
+        .parse()
+        .expect("status")
+}
+
 /// Consumers `alice` (plan gold) and `bob` (no subscription plan) with API keys.
 fn plan_env(up: &TestUpstream, pepper: &TempFile) -> (String, String, String) {
     let alice = issue_key(pepper, "alice");
@@ -386,37 +434,29 @@ fn a_flood_of_distinct_client_addresses_keeps_memory_bounded() {
         2,
         &up,
         "[[apis.routes.rate_limits]]\nkey = [\"client_ip\"]\nrate = \"1/min\"\nburst = 1",
-        "trusted_proxies = [\"127.0.0.1/32\"]",
+        "proxy_protocol = \"required\"",
         "",
     )
     .replacen("[limits]\n", "[limits]\nrate_limit_keys = 2000\n", 1);
     let mut gw = Gateway::start_with_log(&cfg, "info");
-    let pid = gw.pid();
-    // Warm up, then measure the growth over 100 000 distinct addresses (each admitted once).
-    let mut client = gw.client();
-    for i in 0..2000u32 {
-        let ip = format!("10.200.{}.{}", i / 250, i % 250 + 1);
-        status_of(&mut client, &format!("X-Forwarded-For: {ip}\r\n"));
+    let (pid, port) = (gw.pid(), gw.port());
+    let address = |n: u32| format!("10.{}.{}.{}", n >> 16 & 0xff, n >> 8 & 0xff, n & 0xff);
+    // Warm up, then measure the growth over 100 000 distinct addresses, each on its own
+    // connection behind a PROXY header and admitted once.
+    for n in 200_000..202_000 {
+        via_proxy(port, &address(n));
     }
     let before = rss_kib(pid).expect("rss");
     let workers: Vec<_> = (0..4u32)
         .map(|w| {
-            let port = gw.port();
             thread::spawn(move || {
-                let mut client = Client::connect(port);
-                let mut refused = 0;
-                for i in 0..25_000u32 {
-                    let n = w * 25_000 + i;
-                    let ip = format!("10.{}.{}.{}", n >> 16 & 0xff, n >> 8 & 0xff, n & 0xff);
-                    if status_of(&mut client, &format!("X-Forwarded-For: {ip}\r\n")) != 200 {
-                        refused += 1;
-                    }
-                }
-                refused
+                (0..25_000u32)
+                    .filter(|i| via_proxy(port, &address(w * 25_000 + i)) != 200)
+                    .count()
             })
         })
         .collect();
-    let refused: u32 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    let refused: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
     assert_eq!(refused, 0, "every new address has its own full bucket");
     let after = rss_kib(pid).expect("rss");
     assert!(
@@ -425,9 +465,8 @@ fn a_flood_of_distinct_client_addresses_keeps_memory_bounded() {
         after.saturating_sub(before)
     );
     // Limits still hold after the flood: a fresh address gets its one request, then 429.
-    let fresh = "X-Forwarded-For: 192.0.2.77\r\n";
-    assert_eq!(status_of(&mut client, fresh), 200);
-    assert_eq!(status_of(&mut client, fresh), 429);
+    assert_eq!(via_proxy(port, "192.0.2.77"), 200);
+    assert_eq!(via_proxy(port, "192.0.2.77"), 429);
     gw.signal("TERM");
     assert!(gw.wait_exit(Duration::from_secs(10)).is_some());
     let out = gw.output();
