@@ -185,6 +185,41 @@ fn all_targets_ejected_gives_503_then_recovers() {
 }
 
 #[test]
+fn a_returning_target_serves_again_within_a_second_of_coming_back() {
+    // fail_timeout is long: without probing, the target would stay out for 30 s.
+    let port = free_port();
+    let gw = ConfigBuilder::new(free_port(), &[port])
+        .upstream_opt("max_fails = 1")
+        .upstream_opt("fail_timeout = \"30s\"")
+        .start();
+    let first = get(gw.port(), "/x");
+    assert_problem(&first, 502);
+    let ejected = get(gw.port(), "/x");
+    assert_problem(&ejected, 503);
+    let up = TestUpstream::start_on(port, Mode::Echo);
+    let back = Instant::now();
+    let mut statuses = Vec::new();
+    while Instant::now() < back + Duration::from_secs(3) {
+        let status = get(gw.port(), "/x").status;
+        statuses.push(status);
+        if status == 200 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+    assert!(
+        back.elapsed() <= Duration::from_millis(1500),
+        "served again only after {:?}: {statuses:?}",
+        back.elapsed()
+    );
+    for _ in 0..3 {
+        assert_eq!(get(gw.port(), "/x").status, 200, "the probe re-admitted it");
+    }
+    assert!(up.requests() >= 4);
+}
+
+#[test]
 fn ejected_target_is_skipped_while_healthy_one_serves() {
     let dead = free_port();
     let up = TestUpstream::start(Mode::Echo);

@@ -1,11 +1,16 @@
 //! Per-core upstream state: the keep-alive pool of idle connections per target, the balancer
 //! cursor, outstanding-request counts and passive health (ejection after consecutive failures,
-//! re-admission after `fail_timeout`). Owned by one core; never shared.
+//! re-admission after `fail_timeout`, and — when every target is ejected — one probe request
+//! per second, so a returning target serves again within a second). Owned by one core; never
+//! shared.
 
 use crate::config::Balance;
 use crate::proxy::io::UpstreamStream;
 use crate::snapshot::Upstream;
 use std::time::Instant;
+
+/// Least time between two probe requests to an ejected target from one core.
+const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One target's core-local state.
 #[derive(Default)]
@@ -14,6 +19,8 @@ struct TargetState {
     idle: Vec<(UpstreamStream, Instant)>,
     consecutive_fails: u32,
     ejected_until: Option<Instant>,
+    /// While ejected: when this core may send it the next probe request.
+    next_probe: Option<Instant>,
     outstanding: u32,
 }
 
@@ -74,7 +81,9 @@ impl UpstreamPools {
         pools
     }
 
-    /// Picks a healthy target other than `exclude`, or `None` when every candidate is ejected.
+    /// Picks a healthy target other than `exclude`. When every candidate is ejected, one of
+    /// them gets a probe request (half-open), at most one per target per second on this core;
+    /// `None` when none may be probed yet.
     pub fn pick(
         &mut self,
         index: usize,
@@ -89,10 +98,18 @@ impl UpstreamPools {
         let candidates = (0..count)
             .map(|offset| (start + offset) % count)
             .filter(|&t| Some(t) != exclude && state.targets[t].healthy(now));
-        match upstream.balance {
+        let healthy = match upstream.balance {
             Balance::RoundRobin => candidates.into_iter().next(),
             Balance::LeastOutstanding => candidates.min_by_key(|&t| state.targets[t].outstanding),
-        }
+        };
+        healthy.or_else(|| {
+            let probe = (0..count)
+                .map(|offset| (start + offset) % count)
+                .filter(|&t| Some(t) != exclude)
+                .find(|&t| state.targets[t].next_probe.is_none_or(|at| now >= at))?;
+            state.targets[probe].next_probe = Some(now + PROBE_INTERVAL);
+            Some(probe)
+        })
     }
 
     /// Takes the most recently idled connection to `target` that is younger than the
@@ -141,6 +158,7 @@ impl UpstreamPools {
         let t = &mut self.upstreams[index].targets[target];
         t.consecutive_fails = 0;
         t.ejected_until = None;
+        t.next_probe = None;
     }
 
     /// Counts a failure; at `max_fails` in a row the target is ejected for `fail_timeout` and
@@ -157,6 +175,7 @@ impl UpstreamPools {
         if t.consecutive_fails >= upstream.max_fails {
             t.consecutive_fails = 0;
             t.ejected_until = Some(now + upstream.fail_timeout);
+            t.next_probe = Some(now + PROBE_INTERVAL);
             t.idle.clear();
             true
         } else {
@@ -225,6 +244,33 @@ mod tests {
         );
         pools.record_success(0, 0);
         assert_eq!(pools.pick(0, &u, None, now), Some(0));
+    }
+
+    #[test]
+    fn an_ejected_upstream_gets_one_probe_per_second() {
+        let u = upstream(Balance::RoundRobin, 2);
+        let mut pools = UpstreamPools::new(std::slice::from_ref(&u));
+        let now = Instant::now();
+        for target in 0..2 {
+            pools.record_failure(0, target, &u, now);
+            assert!(pools.record_failure(0, target, &u, now));
+        }
+        let ms = Duration::from_millis;
+        assert_eq!(pools.pick(0, &u, None, now + ms(500)), None);
+        // A second after the ejection one target may be probed, then the other, then neither.
+        let first = pools.pick(0, &u, None, now + ms(1000)).expect("a probe");
+        let second = pools.pick(0, &u, None, now + ms(1001)).expect("a probe");
+        assert_ne!(first, second);
+        assert_eq!(pools.pick(0, &u, None, now + ms(1500)), None);
+        // The probe failed: still ejected, next probe a second later.
+        pools.record_failure(0, first, &u, now + ms(1010));
+        assert_eq!(pools.pick(0, &u, Some(second), now + ms(1900)), None);
+        assert_eq!(pools.pick(0, &u, Some(second), now + ms(2000)), Some(first));
+        // A probe succeeded: the target is back for every request.
+        pools.record_success(0, first);
+        for _ in 0..3 {
+            assert_eq!(pools.pick(0, &u, Some(second), now + ms(2001)), Some(first));
+        }
     }
 
     #[test]
