@@ -158,6 +158,44 @@ pub struct Core {
     pub connections: Arc<ConnectionCounts>,
     /// Scratch for the request-signature scan.
     pub filter_scratch: RefCell<Vec<u8>>,
+    /// Buffers connections take when bytes arrive and give back when an exchange ends.
+    pub buffers: BufferPool,
+}
+
+/// A core's spare connection buffers: an idle keep-alive connection holds none, so its memory
+/// is its socket and its task alone.
+#[derive(Default)]
+pub struct BufferPool {
+    spare: RefCell<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    /// Buffers kept for reuse at most (beyond that they are freed).
+    const KEEP: usize = 1024;
+    /// Capacity a pooled buffer is made with, and the most it may keep.
+    pub const SIZE: usize = 4 * 1024;
+    const MAX_KEPT_CAPACITY: usize = 16 * 1024;
+
+    /// An empty buffer with room for at least [`Self::SIZE`] bytes.
+    pub fn take(&self) -> Vec<u8> {
+        self.spare
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(Self::SIZE))
+    }
+
+    /// Gives `buf` back (emptied), leaving an unallocated vector in its place.
+    pub fn give(&self, buf: &mut Vec<u8>) {
+        let mut buf = std::mem::take(buf);
+        if buf.capacity() < Self::SIZE || buf.capacity() > Self::MAX_KEPT_CAPACITY {
+            return;
+        }
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() < Self::KEEP {
+            buf.clear();
+            spare.push(buf);
+        }
+    }
 }
 
 impl Core {
@@ -189,6 +227,7 @@ impl Core {
             limits,
             connections,
             filter_scratch: RefCell::new(Vec::new()),
+            buffers: BufferPool::default(),
         }
     }
 

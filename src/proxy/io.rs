@@ -49,6 +49,13 @@ pub trait ByteStream {
         timeout: Duration,
     ) -> Result<(), IoFail>;
 
+    /// Waits until reading would not block, before `deadline`, without holding a buffer
+    /// (an idle connection then needs none). Streams with their own buffering (TLS) return
+    /// at once.
+    async fn wait_readable(&mut self, _deadline: Instant) -> Result<(), IoFail> {
+        Ok(())
+    }
+
     /// Ends the stream's own framing before the socket is closed (TLS: a close_notify alert).
     async fn finish(&mut self);
 
@@ -79,6 +86,14 @@ impl ByteStream for TcpStream {
         timeout: Duration,
     ) -> Result<(), IoFail> {
         tcp_write(self, buf, range, Instant::now() + timeout).await
+    }
+
+    async fn wait_readable(&mut self, deadline: Instant) -> Result<(), IoFail> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        monoio::select! {
+            ready = self.readable(false) => ready.map_err(IoFail::Error),
+            _ = monoio::time::sleep(wait) => Err(IoFail::Timeout),
+        }
     }
 
     async fn finish(&mut self) {}

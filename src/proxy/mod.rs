@@ -315,9 +315,11 @@ impl<C: ByteStream> Connection<C> {
             generation,
             client,
             info,
-            inbuf: Vec::with_capacity(READ_CHUNK),
+            // Buffers are taken from the core's pool when bytes arrive, given back when the
+            // exchange ends: an idle connection holds none.
+            inbuf: Vec::new(),
             pos: 0,
-            out: Vec::with_capacity(1024),
+            out: Vec::new(),
             ubuf: Vec::new(),
             served: 0,
         }
@@ -325,8 +327,10 @@ impl<C: ByteStream> Connection<C> {
 
     async fn run(&mut self) {
         loop {
+            let buffers = &self.core.buffers;
             if self.pos >= self.inbuf.len() {
-                self.inbuf.clear();
+                // Nothing pipelined: wait for the next request without a buffer.
+                buffers.give(&mut self.inbuf);
                 self.pos = 0;
             } else if self.pos > 0 {
                 self.inbuf.drain(..self.pos);
@@ -335,10 +339,8 @@ impl<C: ByteStream> Connection<C> {
             if self.inbuf.capacity() > RETAINED_BUFFER {
                 self.inbuf.shrink_to(RETAINED_BUFFER);
             }
-            if self.ubuf.capacity() > RETAINED_BUFFER {
-                self.ubuf.clear();
-                self.ubuf.shrink_to(RETAINED_BUFFER);
-            }
+            buffers.give(&mut self.out);
+            buffers.give(&mut self.ubuf);
             let prepared = match self.read_request().await {
                 Some(Ok(prepared)) => prepared,
                 Some(Err(reject)) => {
@@ -350,7 +352,9 @@ impl<C: ByteStream> Connection<C> {
                 None => return,
             };
             self.served += 1;
-            if self.exchange(prepared).await == Next::Close {
+            // Boxed: the exchange's state (upstream I/O, body relay) exists only while a
+            // request is in flight, so the idle connection's task stays small.
+            if Box::pin(self.exchange(prepared)).await == Next::Close {
                 return;
             }
         }
@@ -372,9 +376,15 @@ impl<C: ByteStream> Connection<C> {
         loop {
             let mut wait = None;
             let mut lease_wait = None;
+            let mut refused = None;
+            // No await while the header array is in scope: it would then live in this task's
+            // state for as long as the connection does.
             if self.inbuf.len() > self.pos {
                 if head_deadline.is_none() {
                     head_deadline = Some(Instant::now() + limits.head_timeout);
+                }
+                if self.out.capacity() == 0 {
+                    self.out = core.buffers.take();
                 }
                 let mut headers = header_slots::<MAX_HEADERS_CEILING>();
                 let parsed = request::parse(
@@ -394,10 +404,13 @@ impl<C: ByteStream> Connection<C> {
                     Ok(None) => {}
                     Err(err) => {
                         tracing::debug!(core = core.id, error = %err, "refused request head");
-                        self.respond_error(err.status(), RequestId::default()).await;
-                        return None;
+                        refused = Some(err.status());
                     }
                 }
+            }
+            if let Some(status) = refused {
+                self.respond_error(status, RequestId::default()).await;
+                return None;
             }
             // The head's parse (and its header array) is gone here: the wait does not hold it.
             if let Some(wait) = wait {
@@ -419,6 +432,22 @@ impl<C: ByteStream> Connection<C> {
             }
             let waiting_idle = head_deadline.is_none();
             let deadline = head_deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+            if self.inbuf.capacity() == 0 {
+                // Wait for bytes first, then take a buffer for them.
+                let ready = self.client.wait_readable(deadline);
+                let ready = if waiting_idle {
+                    monoio::select! {
+                        ready = ready => ready,
+                        _ = core.drain.wait() => return None,
+                    }
+                } else {
+                    ready.await
+                };
+                if ready.is_err() {
+                    return None;
+                }
+                self.inbuf = core.buffers.take();
+            }
             let read = self.client.read_more(&mut self.inbuf, READ_CHUNK, deadline);
             let result = if waiting_idle {
                 monoio::select! {
@@ -760,9 +789,15 @@ impl<C: ByteStream> Connection<C> {
         let max_headers = limits.max_headers;
         let body_timeout = limits.body_timeout;
         let deadline = Instant::now() + upstream.response_timeout;
+        if self.ubuf.capacity() == 0 {
+            self.ubuf = self.core.buffers.take();
+        }
         self.ubuf.clear();
         let mut received_any = false;
         loop {
+            // (head length, relay it) of an interim response; no await while the header
+            // array is in scope (see `read_request`).
+            let mut interim = None;
             if !self.ubuf.is_empty() {
                 let mut headers = header_slots::<MAX_HEADERS_CEILING>();
                 let parsed = response::parse(
@@ -773,25 +808,10 @@ impl<C: ByteStream> Connection<C> {
                 );
                 match parsed {
                     Ok(Some(resp)) if resp.is_interim() => {
-                        let head_len = resp.head_len;
-                        let relay = resp.code != 100 && resp.code != 101;
                         if resp.code == 101 {
                             return Err(UpstreamFail::Status(502));
                         }
-                        if relay && prepared.client_minor == 1 {
-                            self.out.clear();
-                            self.out.extend_from_slice(&self.ubuf[..head_len]);
-                            if self
-                                .client
-                                .write_all(&mut self.out, body_timeout)
-                                .await
-                                .is_err()
-                            {
-                                return Err(UpstreamFail::ClientGone);
-                            }
-                        }
-                        self.ubuf.drain(..head_len);
-                        continue;
+                        interim = Some((resp.head_len, resp.code != 100));
                     }
                     Ok(Some(resp)) => {
                         let draining = core.drain.is_draining();
@@ -811,6 +831,22 @@ impl<C: ByteStream> Connection<C> {
                         return Err(UpstreamFail::Status(502));
                     }
                 }
+            }
+            if let Some((head_len, relay)) = interim {
+                if relay && prepared.client_minor == 1 {
+                    self.out.clear();
+                    self.out.extend_from_slice(&self.ubuf[..head_len]);
+                    if self
+                        .client
+                        .write_all(&mut self.out, body_timeout)
+                        .await
+                        .is_err()
+                    {
+                        return Err(UpstreamFail::ClientGone);
+                    }
+                }
+                self.ubuf.drain(..head_len);
+                continue;
             }
             match up.read_more(&mut self.ubuf, READ_CHUNK, deadline).await {
                 Ok(_) => received_any = true,

@@ -194,6 +194,7 @@ pub fn return_free_memory() {
 }
 
 static FALLBACK_WARNING: Once = Once::new();
+static TASK_SIZE: Once = Once::new();
 
 /// What every core's limit state starts from.
 #[derive(Clone)]
@@ -633,7 +634,14 @@ async fn accept_loop(core: Rc<Core>, index: usize, listener: Rc<TcpListener>) {
                 if per_connection {
                     let _ = stream.set_nodelay(true);
                 }
-                monoio::spawn(serve_connection(core.clone(), index, stream, peer));
+                let task = serve_connection(core.clone(), index, stream, peer);
+                TASK_SIZE.call_once(|| {
+                    tracing::debug!(
+                        bytes = std::mem::size_of_val(&task),
+                        "connection task state (an idle connection's memory besides its socket)"
+                    )
+                });
+                monoio::spawn(task);
             }
             Err(err) => {
                 if let Some(suppressed) = core.warnings.accept.allow(Instant::now()) {
