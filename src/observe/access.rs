@@ -169,7 +169,9 @@ impl AccessRecord {
         out.extend_from_slice(b",\"bytes_out\":");
         push_u64(out, self.bytes_out);
         out.extend_from_slice(b",\"duration_us\":");
-        let duration = self.start.map_or(0, |start| micros(now.duration_since(start)));
+        let duration = self
+            .start
+            .map_or(0, |start| micros(now.duration_since(start)));
         push_u64(out, duration);
         out.extend_from_slice(b",\"upstream_connect_us\":");
         push_opt_u64(out, self.upstream_connect_us);
@@ -432,10 +434,16 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc_with_microseconds() {
         assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(rfc3339(1_795_914_123, 123_456), "2026-11-29T01:02:03.123456Z");
+        assert_eq!(
+            rfc3339(1_795_914_123, 123_456),
+            "2026-11-29T01:02:03.123456Z"
+        );
         // 2024 is a leap year: the day after 28 February is 29 February, then 1 March.
         assert_eq!(rfc3339(1_709_164_800, 0), "2024-02-29T00:00:00.000000Z");
-        assert_eq!(rfc3339(1_709_251_199, 999_999), "2024-02-29T23:59:59.999999Z");
+        assert_eq!(
+            rfc3339(1_709_251_199, 999_999),
+            "2024-02-29T23:59:59.999999Z"
+        );
         assert_eq!(rfc3339(1_709_251_200, 1), "2024-03-01T00:00:00.000001Z");
         // 2100 is not.
         assert_eq!(rfc3339(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z");

@@ -426,7 +426,15 @@ impl<C: ByteStream> Connection<C> {
                     Ok(Some(req)) => {
                         self.record.bytes_in = req.head_len as u64;
                         let record = &mut self.record;
-                        match prepare(&core, &generation, &self.info, &req, &mut self.out, record, waited) {
+                        match prepare(
+                            &core,
+                            &generation,
+                            &self.info,
+                            &req,
+                            &mut self.out,
+                            record,
+                            waited,
+                        ) {
                             Prepare::Ready(prepared) => return Some(Ok(prepared)),
                             Prepare::Refused(reject) => return Some(Err(reject)),
                             Prepare::Wait(w) => wait = Some(w),
@@ -1075,7 +1083,9 @@ fn prepare(
     }
     record.clear_phases();
     record.request_id = request_id;
-    record.listener.push_str(&snapshot.listeners[client.listener].name);
+    record
+        .listener
+        .push_str(&snapshot.listeners[client.listener].name);
     record.method.push_str(req.method);
     record.path.extend_from_slice(req.path().as_bytes());
     if let Some(traceparent) = req
