@@ -254,6 +254,9 @@ fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
 }
 
+/// A request target, its header fields and the status it gets.
+type Case<'a> = (String, Vec<(&'a str, &'a str)>, u16);
+
 #[test]
 fn no_credential_reaches_the_access_log_or_the_process_log() {
     let up = TestUpstream::start(Mode::Echo);
@@ -308,7 +311,7 @@ fn no_credential_reaches_the_access_log_or_the_process_log() {
     let basic_value = format!("Basic {}", b64(&format!("ops:{password}")));
     let bearer = format!("Bearer {token}");
     let wrong_password = format!("Basic {}", b64("ops:wrong-password-88231"));
-    let cases: Vec<(String, Vec<(&str, &str)>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "/k".into(),
             vec![("X-API-Key", &key.key), ("Cookie", cookie)],

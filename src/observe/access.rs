@@ -505,8 +505,10 @@ mod tests {
     fn a_full_queue_drops_and_counts_instead_of_blocking() {
         let (sink, queue) = access_channel(1);
         let log = CoreAccessLog::new(sink, 1.0);
-        let mut record = AccessRecord::default();
-        record.status = 404;
+        let record = AccessRecord {
+            status: 404,
+            ..Default::default()
+        };
         for _ in 0..3 {
             log.record(&record);
         }
@@ -520,9 +522,11 @@ mod tests {
         assert_eq!(log.dropped(), 2);
         assert_eq!(queue.len(), 1);
         // Big batches are handed over without a flush call.
-        let mut big = AccessRecord::default();
-        big.status = 500;
-        big.path.resize(BATCH_BYTES, b'a');
+        let big = AccessRecord {
+            status: 500,
+            path: vec![b'a'; BATCH_BYTES],
+            ..Default::default()
+        };
         log.record(&big);
         assert_eq!(log.dropped(), 3);
     }
