@@ -1,11 +1,13 @@
 //! The process lifecycle on the control side: load and validate the config, start the cores,
-//! wait for signals, and drain on SIGTERM/SIGINT (a second signal exits at once).
+//! wait for signals (SIGHUP: reload; SIGUSR1: reopen the access log), and drain on
+//! SIGTERM/SIGINT (a second signal exits at once).
 
 use crate::auth::service::AuthService;
 use crate::config::{Config, ConfigError};
 use crate::filter::connections::ConnectionCounts;
 use crate::limit::limiter::TableSizes;
 use crate::limit::quota_file::{self, QuotaWriter, SavedQuotas};
+use crate::observe::access_writer::AccessWriter;
 use crate::observe::init_logging;
 use crate::runtime::{
     allowed_cpus, block_control_signals, raise_nofile_limit, return_free_memory, start_workers,
@@ -142,12 +144,26 @@ pub fn serve(mut config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
     let auth = AuthService::start(&config);
     let cpus = allowed_cpus();
     let worker_count = config.worker_count(cpus.len());
-    let (limits, quota_writer) = match limit_setup(&config, &snapshot) {
+    let (mut limits, quota_writer) = match limit_setup(&config, &snapshot) {
         Ok(setup) => setup,
         Err(message) => {
             tracing::error!(error = %message, "cannot start");
             return 1;
         }
+    };
+    let access_writer = match config.access_log_target() {
+        None => None,
+        Some(target) => match AccessWriter::start(target.clone()) {
+            Ok((writer, sink)) => {
+                tracing::info!(access_log = %target, sample_2xx = config.logging.access_log_sample_2xx, "access log");
+                limits.access_log = Some((sink, config.logging.access_log_sample_2xx));
+                Some(writer)
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot start");
+                return 1;
+            }
+        },
     };
     let started = start_workers(
         snapshot.clone(),
@@ -186,6 +202,16 @@ pub fn serve(mut config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
             return_free_memory();
             continue;
         };
+        if signal == libc::SIGUSR1 {
+            match &access_writer {
+                Some(writer) => {
+                    tracing::info!("SIGUSR1: reopening the access log");
+                    writer.reopen();
+                }
+                None => tracing::info!("SIGUSR1: the access log is off, nothing to reopen"),
+            }
+            continue;
+        }
         if signal == libc::SIGHUP {
             if let Some(reloaded) = reload(&config, &workers, &auth) {
                 config = reloaded;
@@ -196,7 +222,11 @@ pub fn serve(mut config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
         break;
     }
     std::thread::spawn(|| {
-        let signal = wait_for_signal();
+        // A log rotation during the drain is no reason to stop waiting.
+        let mut signal = wait_for_signal();
+        while signal == libc::SIGUSR1 {
+            signal = wait_for_signal();
+        }
         tracing::warn!(
             signal,
             "second signal: exiting without waiting for the drain"
@@ -206,6 +236,9 @@ pub fn serve(mut config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
     });
     stop_workers(workers);
     if let Some(writer) = quota_writer {
+        writer.finish();
+    }
+    if let Some(writer) = access_writer {
         writer.finish();
     }
     tracing::info!("stopped");
@@ -235,6 +268,7 @@ fn limit_setup(
             saved: Arc::new(SavedQuotas::default()),
             sink: None,
             connections,
+            access_log: None,
         };
         return Ok((setup, None));
     }
@@ -248,6 +282,7 @@ fn limit_setup(
         saved: Arc::new(saved),
         sink: Some(sink),
         connections,
+        access_log: None,
     };
     Ok((setup, Some(writer)))
 }
@@ -282,6 +317,8 @@ fn reload(current: &Config, workers: &[Worker], auth: &AuthService) -> Option<Co
         || config.gateway.pin != current.gateway.pin
         || config.logging.level != current.logging.level
         || config.logging.format != current.logging.format
+        || config.logging.access_log != current.logging.access_log
+        || config.logging.access_log_sample_2xx != current.logging.access_log_sample_2xx
     {
         tracing::warn!("[gateway] and [logging] changes take effect on restart only");
     }

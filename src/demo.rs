@@ -58,6 +58,7 @@ pub fn run(config_path: &Path) -> i32 {
         .name("demo-upstream".into())
         .spawn(move || serve_echo(listener))
         .expect("spawn demo upstream");
+    let access_log = config.access_log_target();
     serve(config, |snapshot| {
         let address = snapshot.listeners[0].address;
         println!("Credentialflow demo is up: gateway on http://{address}, demo upstream on http://{upstream_address}");
@@ -85,6 +86,10 @@ pub fn run(config_path: &Path) -> i32 {
             "  curl -i -H 'X-API-Key: {}' http://{address}/orders/admin   # 403 insufficient_scope",
             credentials.api_key
         );
+        match &access_log {
+            Some(target) => println!("Access log (one JSON line per request): {target}"),
+            None => println!("Access log: off"),
+        }
         println!("Stop with Ctrl-C.");
     })
 }

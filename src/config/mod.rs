@@ -25,6 +25,7 @@ pub use auth::{
 
 pub use duration::{parse_duration, ConfigDuration};
 
+use crate::observe::access_writer::AccessLogTarget;
 use crate::tls::client::UpstreamTls;
 use crate::tls::server::ServerTls;
 use serde::Deserialize;
@@ -97,6 +98,11 @@ pub struct LoggingSection {
     /// A `tracing` env-filter directive such as `info` or `credentialflow=debug`.
     pub level: String,
     pub format: LogFormat,
+    /// The access log: a file path (relative to the config file's directory), `-` for stdout,
+    /// or `off`.
+    pub access_log: String,
+    /// The fraction of 2xx access records kept (0.0 … 1.0); every other status is kept.
+    pub access_log_sample_2xx: f64,
 }
 
 impl Default for LoggingSection {
@@ -104,6 +110,8 @@ impl Default for LoggingSection {
         LoggingSection {
             level: "info".to_string(),
             format: LogFormat::Human,
+            access_log: "off".to_string(),
+            access_log_sample_2xx: 1.0,
         }
     }
 }
@@ -564,6 +572,7 @@ impl Config {
     }
 
     fn validate(&mut self, p: &mut Problems<'_>) {
+        self.validate_logging(p);
         self.validate_limits(p);
         let listener_names = self.validate_listeners(p);
         let upstream_names = self.validate_upstreams(p);
@@ -638,6 +647,41 @@ impl Config {
             }
             for quota in &plan.quotas {
                 limit::check_quota(p, "plans.quotas", quota, None);
+            }
+        }
+    }
+
+    fn validate_logging(&self, p: &mut Problems<'_>) {
+        let logging = &self.logging;
+        let offset = p.source.find("[logging]").unwrap_or(0);
+        if logging.access_log.trim().is_empty() {
+            p.at(
+                offset,
+                "logging.access_log must be a path, \"-\" (stdout) or \"off\"".to_string(),
+            );
+        }
+        let sample = logging.access_log_sample_2xx;
+        if !(0.0..=1.0).contains(&sample) {
+            p.at(
+                offset,
+                format!("logging.access_log_sample_2xx must be between 0.0 and 1.0 (is {sample})"),
+            );
+        }
+    }
+
+    /// Where access records go (`None`: `access_log = "off"`); a relative path is taken from
+    /// the config file's directory.
+    pub fn access_log_target(&self) -> Option<AccessLogTarget> {
+        match self.logging.access_log.as_str() {
+            "off" => None,
+            "-" => Some(AccessLogTarget::Stdout),
+            path => {
+                let path = Path::new(path);
+                if path.is_absolute() {
+                    return Some(AccessLogTarget::File(path.to_path_buf()));
+                }
+                let base = self.source_path.parent().unwrap_or(Path::new(""));
+                Some(AccessLogTarget::File(base.join(path)))
             }
         }
     }
@@ -908,6 +952,32 @@ upstream = "app"
             .iter()
             .map(|e| e.to_string())
             .collect()
+    }
+
+    #[test]
+    fn the_access_log_is_off_by_default_and_relative_to_the_config() {
+        let config = Config::parse("/etc/cflow/gw.toml", MINIMAL).unwrap();
+        assert_eq!(config.access_log_target(), None);
+        assert_eq!(config.logging.access_log_sample_2xx, 1.0);
+        let with = |value: &str| {
+            let text = format!("[logging]\naccess_log = \"{value}\"\n{MINIMAL}");
+            Config::parse("/etc/cflow/gw.toml", &text)
+                .unwrap()
+                .access_log_target()
+        };
+        assert_eq!(with("-"), Some(AccessLogTarget::Stdout));
+        assert_eq!(
+            with("logs/access.jsonl"),
+            Some(AccessLogTarget::File("/etc/cflow/logs/access.jsonl".into()))
+        );
+        assert_eq!(
+            with("/var/log/a.jsonl"),
+            Some(AccessLogTarget::File("/var/log/a.jsonl".into()))
+        );
+        let bad = errors(&format!(
+            "[logging]\naccess_log_sample_2xx = 1.5\n{MINIMAL}"
+        ));
+        assert!(bad[0].contains("access_log_sample_2xx"), "{bad:?}");
     }
 
     #[test]

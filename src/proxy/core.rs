@@ -9,6 +9,7 @@ use crate::auth::cache::VerifiedCache;
 use crate::auth::{AuthLinks, AuthState, CoreAuth};
 use crate::filter::connections::ConnectionCounts;
 use crate::limit::CoreLimits;
+use crate::observe::access::{AccessRecord, CoreAccessLog};
 use crate::runtime::drain::DrainSignal;
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamPools;
@@ -158,6 +159,8 @@ pub struct Core {
     pub connections: Arc<ConnectionCounts>,
     /// Scratch for the request-signature scan.
     pub filter_scratch: RefCell<Vec<u8>>,
+    /// This core's access-log batch (`None`: the access log is off).
+    pub access_log: Option<CoreAccessLog>,
     /// Buffers connections take when bytes arrive and give back when an exchange ends.
     pub buffers: BufferPool,
 }
@@ -209,6 +212,7 @@ impl Core {
         connections: Arc<ConnectionCounts>,
         seed: u64,
         connection_budget: usize,
+        access_log: Option<CoreAccessLog>,
     ) -> Core {
         let pools = UpstreamPools::new(&snapshot.upstreams);
         Core {
@@ -227,8 +231,18 @@ impl Core {
             limits,
             connections,
             filter_scratch: RefCell::new(Vec::new()),
+            access_log,
             buffers: BufferPool::default(),
         }
+    }
+
+    /// Logs a finished request (when the access log is on) and clears the record for the
+    /// connection's next request.
+    pub fn log_access(&self, record: &mut AccessRecord) {
+        if let Some(log) = &self.access_log {
+            log.record(record);
+        }
+        record.clear();
     }
 
     /// The generation new requests are served from.

@@ -25,6 +25,7 @@ use crate::http::response::{self, Response};
 use crate::http::{header_slots, BodyFraming};
 use crate::limit::limiter::{Applied, Shown, Throttle};
 use crate::limit::{FailureThrottle, KeyFacts, Verdict};
+use crate::observe::access::{micros, reason_for_status, AccessRecord, Decision};
 use crate::router::{ParamRange, PathPattern, RouteMatch, MAX_PATH_PARAMS};
 use crate::snapshot::Upstream;
 use crate::tls::certificate::ClientIdentity;
@@ -193,6 +194,8 @@ struct ClientInfo {
     peer: IpAddr,
     /// The connection arrived over TLS.
     tls: bool,
+    /// The negotiated TLS version (`TLSv1.3`, `TLSv1.2`) on a TLS connection.
+    tls_version: Option<&'static str>,
     /// The verified client certificate (mTLS), for the authentication phase.
     identity: Option<Rc<ClientIdentity>>,
     /// The identity as upstream request fields, formatted on first use and then reused for
@@ -226,6 +229,8 @@ struct Connection<C> {
     out: Vec<u8>,
     ubuf: Vec<u8>,
     served: u64,
+    /// The access record of the current request (reused for every request).
+    record: AccessRecord,
 }
 
 /// Serves one accepted client connection until it closes: the PROXY protocol header when the
@@ -272,6 +277,7 @@ async fn serve_accepted(core: &Rc<Core>, listener: usize, tcp: TcpStream, peer: 
         peer_ip: IpText::new(client_ip),
         peer: client_ip,
         tls: false,
+        tls_version: None,
         identity: None,
         identity_fields: OnceCell::new(),
     };
@@ -297,8 +303,14 @@ async fn serve_tls(
 ) {
     let handshake = accept::handshake(&core, tcp, tls.config, tls.handshake_timeout);
     if let Some((stream, identity)) = handshake.await {
+        let tls_version = match stream.session().protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
+            Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
+            _ => None,
+        };
         let info = ClientInfo {
             tls: true,
+            tls_version,
             identity,
             ..info
         };
@@ -322,6 +334,7 @@ impl<C: ByteStream> Connection<C> {
             out: Vec::new(),
             ubuf: Vec::new(),
             served: 0,
+            record: AccessRecord::default(),
         }
     }
 
@@ -344,7 +357,9 @@ impl<C: ByteStream> Connection<C> {
             let prepared = match self.read_request().await {
                 Some(Ok(prepared)) => prepared,
                 Some(Err(reject)) => {
-                    if self.reject(reject).await == Next::Close {
+                    let next = self.reject(reject).await;
+                    self.finish_record();
+                    if next == Next::Close {
                         return;
                     }
                     continue;
@@ -352,12 +367,35 @@ impl<C: ByteStream> Connection<C> {
                 None => return,
             };
             self.served += 1;
+            self.record.decision = Some(Decision::Allow);
             // Boxed: the exchange's state (upstream I/O, body relay) exists only while a
             // request is in flight, so the idle connection's task stays small.
-            if Box::pin(self.exchange(prepared)).await == Next::Close {
+            let next = Box::pin(self.exchange(prepared)).await;
+            self.finish_record();
+            if next == Next::Close {
                 return;
             }
         }
+    }
+
+    /// Logs the request that just ended (access log) and clears its record.
+    fn finish_record(&mut self) {
+        let record = &mut self.record;
+        if record.status == 0 {
+            // The client went away before any response reached it.
+            record.status = 499;
+            record.reason = record.reason.or(Some("client_closed"));
+        }
+        if record.listener.is_empty() {
+            // Refused before the phases ran (a bad head): the connection's facts.
+            let snapshot = &self.generation.snapshot;
+            record
+                .listener
+                .push_str(&snapshot.listeners[self.info.listener].name);
+            record.client_ip = Some(self.info.peer);
+        }
+        record.tls_version = self.info.tls_version;
+        self.core.log_access(record);
     }
 
     /// Reads and prepares the next request head. `None` means close the connection quietly
@@ -380,8 +418,10 @@ impl<C: ByteStream> Connection<C> {
             // No await while the header array is in scope: it would then live in this task's
             // state for as long as the connection does.
             if self.inbuf.len() > self.pos {
+                let now = Instant::now();
+                self.record.started(now);
                 if head_deadline.is_none() {
-                    head_deadline = Some(Instant::now() + limits.head_timeout);
+                    head_deadline = Some(now + limits.head_timeout);
                 }
                 if self.out.capacity() == 0 {
                     self.out = core.buffers.take();
@@ -394,7 +434,17 @@ impl<C: ByteStream> Connection<C> {
                 );
                 match parsed {
                     Ok(Some(req)) => {
-                        match prepare(&core, &generation, &self.info, &req, &mut self.out, waited) {
+                        self.record.bytes_in = req.head_len as u64;
+                        let record = &mut self.record;
+                        match prepare(
+                            &core,
+                            &generation,
+                            &self.info,
+                            &req,
+                            &mut self.out,
+                            record,
+                            waited,
+                        ) {
                             Prepare::Ready(prepared) => return Some(Ok(prepared)),
                             Prepare::Refused(reject) => return Some(Err(reject)),
                             Prepare::Wait(w) => wait = Some(w),
@@ -404,12 +454,14 @@ impl<C: ByteStream> Connection<C> {
                     Ok(None) => {}
                     Err(err) => {
                         tracing::debug!(core = core.id, error = %err, "refused request head");
+                        self.record.bytes_in = (self.inbuf.len() - self.pos) as u64;
                         refused = Some(err.status());
                     }
                 }
             }
             if let Some(status) = refused {
                 self.respond_error(status, RequestId::default()).await;
+                self.finish_record();
                 return None;
             }
             // The head's parse (and its header array) is gone here: the wait does not hold it.
@@ -460,7 +512,9 @@ impl<C: ByteStream> Connection<C> {
             match result {
                 Ok(_) => {}
                 Err(IoFail::Timeout) if !waiting_idle && self.inbuf.len() > self.pos => {
+                    self.record.bytes_in = (self.inbuf.len() - self.pos) as u64;
                     self.respond_error(408, RequestId::default()).await;
+                    self.finish_record();
                     return None;
                 }
                 Err(_) => return None,
@@ -470,6 +524,14 @@ impl<C: ByteStream> Connection<C> {
 
     /// Answers a request refused before forwarding; keeps the connection when possible.
     async fn reject(&mut self, reject: Reject) -> Next {
+        let record = &mut self.record;
+        record.status = reject.status;
+        record.decision = Some(Decision::Deny);
+        record.reason = reject.reason.or_else(|| reason_for_status(reject.status));
+        if let Some(rule) = &reject.rule {
+            record.rule.clear();
+            record.rule.push_str(rule);
+        }
         let head_len = reject.reusable_head_len;
         let close = head_len.is_none() || self.core.drain.is_draining();
         if let Some(len) = head_len {
@@ -492,7 +554,12 @@ impl<C: ByteStream> Connection<C> {
             }
         }
         let timeout = self.generation.snapshot.limits.body_timeout;
-        if self.client.write_all(&mut self.out, timeout).await.is_err() || close {
+        let len = self.out.len() as u64;
+        if self.client.write_all(&mut self.out, timeout).await.is_err() {
+            return Next::Close;
+        }
+        self.record.bytes_out += len;
+        if close {
             return Next::Close;
         }
         Next::KeepAlive
@@ -500,10 +567,19 @@ impl<C: ByteStream> Connection<C> {
 
     /// Writes a problem response and closes the connection (lingering, see [`linger_close`]).
     async fn respond_error(&mut self, status: u16, request_id: RequestId) {
+        let record = &mut self.record;
+        record.status = status;
+        record.reason = reason_for_status(status);
+        if status < 500 {
+            // The gateway refused the request itself (a bad head or body).
+            record.decision = Some(Decision::Deny);
+        }
         self.out.clear();
         write_problem(&mut self.out, status, true, request_id.as_bytes(), b"");
         let timeout = self.generation.snapshot.limits.body_timeout;
+        let len = self.out.len() as u64;
         if self.client.write_all(&mut self.out, timeout).await.is_ok() {
+            self.record.bytes_out += len;
             linger_close(&mut self.client, &mut self.inbuf).await;
         }
     }
@@ -551,6 +627,7 @@ impl<C: ByteStream> Connection<C> {
         self.out
             .extend_from_slice(&self.inbuf[self.pos..self.pos + prefix_len]);
         self.pos += prefix_len;
+        self.record.bytes_in += prefix_len as u64;
         let body_buffered = match prepared.framing {
             BodyFraming::Chunked => scanner.is_done(),
             _ => remaining == 0,
@@ -619,6 +696,7 @@ impl<C: ByteStream> Connection<C> {
         };
 
         // The response head (and any body bytes read with it) is in `out`.
+        let len = self.out.len() as u64;
         if self
             .client
             .write_all(&mut self.out, body_timeout)
@@ -627,6 +705,7 @@ impl<C: ByteStream> Connection<C> {
         {
             return Next::Close;
         }
+        self.record.bytes_out += len;
         let complete = match self.relay_response_body(&plan, &mut up, body_timeout).await {
             Ok(complete) => complete,
             Err(()) => return Next::Close,
@@ -672,6 +751,8 @@ impl<C: ByteStream> Connection<C> {
             let Some(target) = picked else {
                 return Err(if excluded.is_some() { 502 } else { 503 });
             };
+            self.record.upstream = Some(upstream.targets[target]);
+            self.record.upstream_connect_us = None;
             if !force_fresh {
                 let idle = generation.pools.borrow_mut().take_idle(
                     prepared.upstream,
@@ -680,11 +761,16 @@ impl<C: ByteStream> Connection<C> {
                     now,
                 );
                 if let Some(stream) = idle {
+                    self.record.upstream_connect_us = Some(0);
                     return Ok((stream, target, true));
                 }
             }
+            let connecting = Instant::now();
             let status = match accept::connect_upstream(&core, upstream, target).await {
-                Ok(stream) => return Ok((stream, target, false)),
+                Ok(stream) => {
+                    self.record.upstream_connect_us = Some(micros(connecting.elapsed()));
+                    return Ok((stream, target, false));
+                }
                 Err(status) => status,
             };
             generation
@@ -725,9 +811,11 @@ impl<C: ByteStream> Connection<C> {
         if prepared.expect_continue && prepared.client_minor == 1 {
             self.out.clear();
             self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            let len = self.out.len() as u64;
             if self.client.write_all(&mut self.out, timeout).await.is_err() {
                 return Err(UpstreamFail::ClientGone);
             }
+            self.record.bytes_out += len;
         }
         while !done {
             if self.pos >= self.inbuf.len() {
@@ -764,6 +852,7 @@ impl<C: ByteStream> Connection<C> {
                 take as usize
             };
             self.pos += take;
+            self.record.bytes_in += take as u64;
             if up
                 .write_range(&mut self.inbuf, start..start + take, timeout)
                 .await
@@ -788,12 +877,14 @@ impl<C: ByteStream> Connection<C> {
         let max_head = limits.max_head_bytes;
         let max_headers = limits.max_headers;
         let body_timeout = limits.body_timeout;
-        let deadline = Instant::now() + upstream.response_timeout;
+        let sent = Instant::now();
+        let deadline = sent + upstream.response_timeout;
         if self.ubuf.capacity() == 0 {
             self.ubuf = self.core.buffers.take();
         }
         self.ubuf.clear();
         let mut received_any = false;
+        self.record.upstream_ttfb_us = None;
         loop {
             // (head length, relay it) of an interim response; no await while the header
             // array is in scope (see `read_request`).
@@ -814,6 +905,8 @@ impl<C: ByteStream> Connection<C> {
                         interim = Some((resp.head_len, resp.code != 100));
                     }
                     Ok(Some(resp)) => {
+                        self.record.upstream_status = Some(resp.code);
+                        self.record.status = resp.code;
                         let draining = core.drain.is_draining();
                         return Ok(plan_response(
                             prepared,
@@ -844,12 +937,18 @@ impl<C: ByteStream> Connection<C> {
                     {
                         return Err(UpstreamFail::ClientGone);
                     }
+                    self.record.bytes_out += head_len as u64;
                 }
                 self.ubuf.drain(..head_len);
                 continue;
             }
             match up.read_more(&mut self.ubuf, READ_CHUNK, deadline).await {
-                Ok(_) => received_any = true,
+                Ok(_) => {
+                    if !received_any {
+                        self.record.upstream_ttfb_us = Some(micros(sent.elapsed()));
+                    }
+                    received_any = true;
+                }
                 Err(IoFail::Timeout) => return Err(UpstreamFail::Status(504)),
                 Err(_) if !received_any => return Err(UpstreamFail::Stale),
                 Err(_) => return Err(UpstreamFail::Status(502)),
@@ -892,9 +991,11 @@ impl<C: ByteStream> Connection<C> {
                                 out.extend_from_slice(&ubuf[start + a..start + b])
                             })
                             .map_err(|_| ())?;
+                        let len = self.out.len() as u64;
                         if self.client.write_all(&mut self.out, timeout).await.is_err() {
                             return Err(());
                         }
+                        self.record.bytes_out += len;
                         start += consumed;
                         if scanner.is_done() {
                             return Ok(start == self.ubuf.len());
@@ -918,6 +1019,7 @@ impl<C: ByteStream> Connection<C> {
             {
                 return Err(());
             }
+            self.record.bytes_out += take as u64;
             start += take;
             if done {
                 return Ok(start == self.ubuf.len());
@@ -996,13 +1098,16 @@ fn plan_response(
 
 /// The request path of one head, in DESIGN phase order: route, filter, authenticate, then the
 /// upstream request head (identity in, credentials and spoofed identity fields out) into
-/// `out`. `waited`: authentication already waited once for this head.
+/// `out`. `waited`: authentication already waited once for this head. Each phase notes what it
+/// learned in the access `record`.
+#[allow(clippy::too_many_arguments)]
 fn prepare(
     core: &Core,
     generation: &Generation,
     client: &ClientInfo,
     req: &Request<'_>,
     out: &mut Vec<u8>,
+    record: &mut AccessRecord,
     waited: Waited,
 ) -> Prepare {
     let snapshot = &generation.snapshot;
@@ -1011,6 +1116,20 @@ fn prepare(
     match req.request_id {
         Some(id) => request_id.set(id),
         None => core.request_ids.next(&mut request_id),
+    }
+    record.clear_phases();
+    record.request_id = request_id;
+    record
+        .listener
+        .push_str(&snapshot.listeners[client.listener].name);
+    record.method.push_str(req.method);
+    record.path.extend_from_slice(req.path().as_bytes());
+    if let Some(traceparent) = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("traceparent"))
+    {
+        record.traceparent.extend_from_slice(traceparent.value);
     }
     let reusable_head_len =
         (req.framing == BodyFraming::None && req.client_keep_alive()).then_some(req.head_len);
@@ -1039,6 +1158,7 @@ fn prepare(
             .map(|h| h.value);
         client_address(client.peer, forwarded, &listener.trusted_proxies).to_canonical()
     };
+    record.client_ip = Some(client_ip);
     if !listener.ip.is_empty() && !listener.ip.admits(client_ip) {
         core.counters.ip_denied.bump();
         return reject(403, RejectHeaders::None, Some("ip_denied"));
@@ -1086,6 +1206,8 @@ fn prepare(
         RouteMatch::NotFound => return reject(404, RejectHeaders::None, None),
     };
     let route = &snapshot.routes[route_index];
+    record.route.push_str(&route.id);
+    record.api.push_str(&route.api);
     let mut params = [(0, 0); MAX_PATH_PARAMS];
     let matched_len = route
         .pattern
@@ -1181,6 +1303,13 @@ fn prepare(
         }
     };
 
+    if let Some((identity, _)) = &identity {
+        record.tenant.push_str(identity.tenant());
+        record.consumer.push_str(&identity.consumer.id);
+        record.credential_id.push_str(&identity.credential_id);
+        record.auth_method = Some(identity.method.name());
+    }
+
     // 6. Authorize.
     if let (Some((identity, _)), Some(policy)) = (&identity, &route.access) {
         let path_params = (route.pattern.as_ref(), path, &params);
@@ -1192,6 +1321,7 @@ fn prepare(
             client_ip,
             req,
             path_params,
+            record,
         ) {
             return Prepare::Refused(Reject {
                 request_id,
@@ -1354,6 +1484,7 @@ fn push_rate_limit_fields(out: &mut String, shown: Shown) {
 
 /// The access decision for an authenticated request; a refusal (403) when denied. A shadow
 /// rule's would-be denial is logged and counted, never enforced.
+#[allow(clippy::too_many_arguments)]
 fn authorize(
     core: &Core,
     snapshot: &crate::snapshot::Snapshot,
@@ -1362,6 +1493,7 @@ fn authorize(
     client_ip: IpAddr,
     req: &Request<'_>,
     (pattern, path, ranges): (Option<&PathPattern>, &str, &[ParamRange; MAX_PATH_PARAMS]),
+    record: &mut AccessRecord,
 ) -> Option<Reject> {
     let api = &snapshot.apis[policy.api];
     let state = core.auth.state();
@@ -1397,6 +1529,7 @@ fn authorize(
                 counters
                     .shadow_denials
                     .set(counters.shadow_denials.get() + 1);
+                record.shadow_rule.push_str(rule);
                 tracing::info!(core = core.id, rule, api = %api.name, consumer = %identity.consumer.id, "shadow rule would deny");
             }
             None

@@ -11,6 +11,8 @@ use crate::filter::connections::ConnectionCounts;
 use crate::limit::limiter::TableSizes;
 use crate::limit::quota_file::{QuotaSink, SavedQuotas};
 use crate::limit::CoreLimits;
+use crate::observe::access::CoreAccessLog;
+use crate::observe::access_writer::AccessSink;
 use crate::proxy::{request_id::random_seed, serve_connection, Core};
 use crate::snapshot::Snapshot;
 use channel::{control_channel, ControlReceiver, ControlSender, Incoming, PeerSender};
@@ -148,6 +150,7 @@ pub fn control_signals() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         set
     }
 }
@@ -206,6 +209,8 @@ pub struct LimitSetup {
     pub sink: Option<QuotaSink>,
     /// Open connections per listener and client address, all cores together.
     pub connections: Arc<ConnectionCounts>,
+    /// The access log's writer queue and the fraction of 2xx records kept (`None`: off).
+    pub access_log: Option<(AccessSink, f64)>,
 }
 
 /// Starts `count` workers serving `snapshot`; returns once every worker listens.
@@ -326,6 +331,11 @@ fn worker_thread(
         }
     }
     let limits_seed_connections = limits.setup.connections.clone();
+    let access_log = limits
+        .setup
+        .access_log
+        .clone()
+        .map(|(sink, sample)| CoreAccessLog::new(sink, sample));
     let limits = CoreLimits::new(
         id,
         limits.peers,
@@ -343,6 +353,7 @@ fn worker_thread(
         connections,
         seed,
         budget,
+        access_log,
     ));
     if monoio::utils::detect_uring() {
         // Deferred task running needs Linux 6.1; older kernels get a plain ring.
@@ -483,6 +494,16 @@ async fn worker_main(core: Rc<Core>, control: ControlReceiver, ready: Ready) {
     }
     // Lease answers still arriving are not needed any more; the counts this core owns are.
     core.limits.flush_quotas();
+    if let Some(log) = &core.access_log {
+        log.flush();
+        if log.dropped() > 0 {
+            tracing::warn!(
+                core = core.id,
+                dropped = log.dropped(),
+                "access log records dropped"
+            );
+        }
+    }
     log_auth_totals(&core);
     log_limit_totals(&core);
     let counters = &core.counters;
@@ -505,10 +526,11 @@ async fn worker_main(core: Rc<Core>, control: ControlReceiver, ready: Ready) {
     }
 }
 
-/// How often a core gives back idle leases and saves quota counts.
+/// How often a core gives back idle leases, saves quota counts and hands its access-log batch
+/// to the writer.
 const LIMIT_UPKEEP: Duration = Duration::from_millis(100);
 
-/// The core's limit upkeep, until the drain.
+/// The core's limit and access-log upkeep, until the drain.
 async fn limit_upkeep(core: Rc<Core>) {
     loop {
         monoio::select! {
@@ -516,6 +538,9 @@ async fn limit_upkeep(core: Rc<Core>) {
             _ = core.drain.wait() => return,
         }
         core.limits.upkeep();
+        if let Some(log) = &core.access_log {
+            log.flush();
+        }
     }
 }
 

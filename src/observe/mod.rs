@@ -5,6 +5,12 @@
 //! to stderr. When the channel is full (stderr drained slowly or not at all: a stalled log
 //! driver, a pipe nobody reads), the line is dropped and counted instead of waited for; the
 //! count is reported when the process stops.
+//!
+//! The access log (one JSON line per request) has its own record, per-core batches and writer
+//! thread: see [`access`] and [`access_writer`].
+
+pub mod access;
+pub mod access_writer;
 
 use crate::config::LogFormat;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
