@@ -35,10 +35,12 @@ scenario_reset() {
     S_SKIP=()              # "peer: reason" — the peer cannot do this scenario (yet)
     # Per-peer snippets, inserted verbatim into the generated configs:
     S_CFLOW_TOP=""         # top-level TOML (e.g. [[issuers]] tables), appended to the file
+    S_CFLOW_LOGGING=""     # keys inside [logging] (e.g. access_log)
     S_CFLOW_LISTENER=""    # keys inside the [[listeners]] table (e.g. TLS)
     S_CFLOW_API=""         # keys inside the [[apis]] table (e.g. subscription)
     S_CFLOW_ROUTE=""       # keys inside the [[apis.routes]] table (e.g. auth, scopes)
     S_NGINX_HTTP=""        # directives inside nginx's http {} (e.g. a map)
+    S_NGINX_ACCESS_LOG=""  # nginx's access_log for the proxy server (default: off)
     S_NGINX_SERVER=""      # directives inside the proxy's server {}
     S_NGINX_LOCATION=""    # directives inside its location / {}
     S_HAPROXY_GLOBAL=""    # lines in the global section (e.g. tune.* settings)
@@ -209,6 +211,17 @@ scenario_jwt_rs256_nocache() {
 entries = 0
 
 $S_CFLOW_TOP"
+}
+
+# `plain` with an access log written to a file: Credentialflow's JSON record per request,
+# nginx's `combined` line (buffered 64 KiB, flushed every second). haproxy logs through syslog
+# only, which this bench does not set up.
+scenario_plain_logged() {
+    S_DESC="GET / as in plain, with every request written to an access log file."
+    S_EXPECT_BODY="hello from upstream"
+    S_CFLOW_LOGGING="access_log = \"$TMP/credentialflow-access.jsonl\""
+    S_NGINX_ACCESS_LOG="$TMP/nginx-access.log combined buffer=64k flush=1s"
+    S_SKIP=("haproxy: logs through syslog only (not set up by this bench)" "direct: the upstream does not log")
 }
 
 # A per-client-address rate limit high enough never to refuse: the cost of counting every

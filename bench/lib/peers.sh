@@ -148,6 +148,7 @@ drain_timeout = "1s"
 
 [logging]
 level = "warn"
+$S_CFLOW_LOGGING
 
 [limits]
 max_body_bytes = 104857600
@@ -202,7 +203,7 @@ error_log $1/error.log warn;
 events { worker_connections 8000; }
 http {
 $(nginx_common_paths "$1")
-    access_log off;
+    access_log ${S_NGINX_ACCESS_LOG:-off};
     keepalive_timeout 300s;
     keepalive_requests 1000000000;
     client_max_body_size 100m;
