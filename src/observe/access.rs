@@ -12,10 +12,13 @@
 //! credential (API key, token, password, cookie) can reach the log.
 
 use super::access_writer::AccessSink;
+use crate::auth::Identity;
 use crate::proxy::request_id::RequestId;
+use crate::snapshot::Snapshot;
 use std::cell::{Cell, RefCell};
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A core hands its batch to the writer once it holds more than this many bytes (and from the
@@ -44,19 +47,20 @@ pub struct AccessRecord {
     /// When the first byte of the request's head was seen.
     pub start: Option<Instant>,
     pub request_id: RequestId,
-    pub listener: String,
+    /// The listener's index in the snapshot (names are looked up when the line is written, so
+    /// an idle connection keeps no copies of them).
+    pub listener: Option<usize>,
     pub client_ip: Option<IpAddr>,
-    pub method: String,
-    /// The path as the client sent it, without the query.
-    pub path: Vec<u8>,
+    /// The method, then the path as the client sent it (without the query).
+    pub target: Vec<u8>,
+    /// Bytes of `target` that are the method.
+    pub method_len: usize,
     /// What the client got (0 until a response started).
     pub status: u16,
-    pub route: String,
-    pub api: String,
-    pub tenant: String,
-    pub consumer: String,
-    pub credential_id: String,
-    pub auth_method: Option<&'static str>,
+    /// The route's index in the snapshot (its id text and API come from there).
+    pub route: Option<usize>,
+    /// Who the request was (tenant, consumer, credential and method come from here).
+    pub identity: Option<Rc<Identity>>,
     pub decision: Option<Decision>,
     pub reason: Option<&'static str>,
     pub rule: String,
@@ -75,16 +79,12 @@ impl AccessRecord {
     /// Clears what the request phases fill (`prepare` may run more than once for one head:
     /// after a wait it starts again); the start time and byte counts stay.
     pub fn clear_phases(&mut self) {
-        self.listener.clear();
+        self.listener = None;
         self.client_ip = None;
-        self.method.clear();
-        self.path.clear();
-        self.route.clear();
-        self.api.clear();
-        self.tenant.clear();
-        self.consumer.clear();
-        self.credential_id.clear();
-        self.auth_method = None;
+        self.target.clear();
+        self.method_len = 0;
+        self.route = None;
+        self.identity = None;
         self.rule.clear();
         self.shadow_rule.clear();
         self.traceparent.clear();
@@ -115,13 +115,34 @@ impl AccessRecord {
 
     /// Appends the record as one JSON line (`ts` is when the request ended, `now` the same
     /// moment as an `Instant`).
-    pub fn write_json(&self, ts: SystemTime, now: Instant, out: &mut Vec<u8>) {
+    /// Sets the method and path (the query is left out).
+    pub fn set_target(&mut self, method: &str, path: &str) {
+        self.target.clear();
+        self.target.extend_from_slice(method.as_bytes());
+        self.method_len = method.len();
+        self.target.extend_from_slice(path.as_bytes());
+    }
+
+    /// `snapshot`: the one the request was served from, for the listener, route and API names.
+    pub fn write_json(
+        &self,
+        snapshot: Option<&Snapshot>,
+        ts: SystemTime,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) {
+        let listener = snapshot
+            .zip(self.listener)
+            .and_then(|(s, i)| s.listeners.get(i))
+            .map_or("", |l| l.name.as_str());
+        let route = snapshot.zip(self.route).and_then(|(s, i)| s.routes.get(i));
+        let identity = self.identity.as_deref();
         out.extend_from_slice(b"{\"ts\":\"");
         push_rfc3339(out, ts);
         out.extend_from_slice(b"\",\"request_id\":");
         push_opt_str(out, self.request_id.as_bytes());
         out.extend_from_slice(b",\"listener\":");
-        push_opt_str(out, self.listener.as_bytes());
+        push_opt_str(out, listener.as_bytes());
         out.extend_from_slice(b",\"client_ip\":");
         match self.client_ip {
             Some(ip) => {
@@ -130,23 +151,29 @@ impl AccessRecord {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"method\":");
-        push_opt_str(out, self.method.as_bytes());
+        let method_len = self.method_len.min(self.target.len());
+        push_opt_str(out, &self.target[..method_len]);
         out.extend_from_slice(b",\"path\":");
-        push_opt_str(out, &self.path);
+        push_opt_str(out, &self.target[method_len..]);
         out.extend_from_slice(b",\"status\":");
         push_u64(out, u64::from(self.status));
         for (name, value) in [
-            (&b",\"route\":"[..], &self.route),
-            (b",\"api\":", &self.api),
-            (b",\"tenant\":", &self.tenant),
-            (b",\"consumer\":", &self.consumer),
-            (b",\"credential_id\":", &self.credential_id),
+            (&b",\"route\":"[..], route.map_or("", |r| &*r.id)),
+            (b",\"api\":", route.map_or("", |r| r.api.as_str())),
+            (b",\"tenant\":", identity.map_or("", |i| i.tenant())),
+            (b",\"consumer\":", identity.map_or("", |i| &*i.consumer.id)),
+            (
+                b",\"credential_id\":",
+                identity.map_or("", |i| &*i.credential_id),
+            ),
+            (
+                b",\"auth_method\":",
+                identity.map_or("", |i| i.method.name()),
+            ),
         ] {
             out.extend_from_slice(name);
             push_opt_str(out, value.as_bytes());
         }
-        out.extend_from_slice(b",\"auth_method\":");
-        push_opt_str(out, self.auth_method.unwrap_or("").as_bytes());
         out.extend_from_slice(b",\"decision\":");
         push_opt_str(out, self.decision.map_or("", Decision::name).as_bytes());
         out.extend_from_slice(b",\"reason\":");
@@ -265,13 +292,18 @@ impl CoreAccessLog {
 
     /// Formats a finished request into the batch (unless sampled out); hands the batch over
     /// when it is large enough.
-    pub fn record(&self, record: &AccessRecord) {
+    pub fn record(&self, record: &AccessRecord, snapshot: &Snapshot) {
         if !self.sampler.keep(record.status) {
             return;
         }
         let full = {
             let mut batch = self.batch.borrow_mut();
-            record.write_json(SystemTime::now(), Instant::now(), &mut batch);
+            record.write_json(
+                Some(snapshot),
+                SystemTime::now(),
+                Instant::now(),
+                &mut batch,
+            );
             self.lines.set(self.lines.get() + 1);
             batch.len() > BATCH_BYTES
         };
@@ -471,10 +503,8 @@ mod tests {
         let mut record = AccessRecord::default();
         let start = Instant::now();
         record.started(start);
-        record.listener.push_str("public");
         record.client_ip = Some("192.0.2.7".parse().unwrap());
-        record.method.push_str("GET");
-        record.path.extend_from_slice(b"/orders/1");
+        record.set_target("GET", "/orders/1");
         record.status = 200;
         record.decision = Some(Decision::Allow);
         record.upstream = Some("127.0.0.1:9000".parse().unwrap());
@@ -484,7 +514,7 @@ mod tests {
         record.bytes_out = 20;
         let mut out = Vec::new();
         let ts = UNIX_EPOCH + Duration::from_secs(1_795_914_123);
-        record.write_json(ts, start + Duration::from_micros(1500), &mut out);
+        record.write_json(None, ts, start + Duration::from_micros(1500), &mut out);
         assert_eq!(out.last(), Some(&b'\n'));
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let object = value.as_object().unwrap();
@@ -494,15 +524,23 @@ mod tests {
         assert_eq!(value["duration_us"], 1500);
         assert_eq!(value["upstream"], "127.0.0.1:9000");
         assert_eq!(value["decision"], "allow");
+        assert_eq!(value["method"], "GET");
+        assert_eq!(value["path"], "/orders/1");
         assert!(value["consumer"].is_null());
         assert!(value["traceparent"].is_null());
         assert!(value["upstream_ttfb_us"].is_null());
         record.clear();
-        assert!(record.start.is_none() && record.listener.is_empty() && record.status == 0);
+        assert!(record.start.is_none() && record.target.is_empty() && record.status == 0);
     }
 
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_blocking() {
+        let config = crate::config::Config::parse(
+            "test.toml",
+            "[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let snapshot = Snapshot::compile(&config);
         let (sink, queue) = access_channel(1);
         let log = CoreAccessLog::new(sink, 1.0);
         let record = AccessRecord {
@@ -510,12 +548,12 @@ mod tests {
             ..Default::default()
         };
         for _ in 0..3 {
-            log.record(&record);
+            log.record(&record, &snapshot);
         }
         log.flush();
         assert_eq!(log.dropped(), 0);
         for _ in 0..2 {
-            log.record(&record);
+            log.record(&record, &snapshot);
         }
         // The queue holds one batch and nobody reads it: this one is dropped, not waited for.
         log.flush();
@@ -524,10 +562,10 @@ mod tests {
         // Big batches are handed over without a flush call.
         let big = AccessRecord {
             status: 500,
-            path: vec![b'a'; BATCH_BYTES],
+            target: vec![b'a'; BATCH_BYTES],
             ..Default::default()
         };
-        log.record(&big);
+        log.record(&big, &snapshot);
         assert_eq!(log.dropped(), 3);
     }
 }

@@ -238,9 +238,9 @@ impl Core {
 
     /// Logs a finished request (when the access log is on) and clears the record for the
     /// connection's next request.
-    pub fn log_access(&self, record: &mut AccessRecord) {
+    pub fn log_access(&self, record: &mut AccessRecord, snapshot: &Snapshot) {
         if let Some(log) = &self.access_log {
-            log.record(record);
+            log.record(record, snapshot);
         }
         record.clear();
     }

@@ -386,16 +386,13 @@ impl<C: ByteStream> Connection<C> {
             record.status = 499;
             record.reason = record.reason.or(Some("client_closed"));
         }
-        if record.listener.is_empty() {
+        if record.listener.is_none() {
             // Refused before the phases ran (a bad head): the connection's facts.
-            let snapshot = &self.generation.snapshot;
-            record
-                .listener
-                .push_str(&snapshot.listeners[self.info.listener].name);
+            record.listener = Some(self.info.listener);
             record.client_ip = Some(self.info.peer);
         }
         record.tls_version = self.info.tls_version;
-        self.core.log_access(record);
+        self.core.log_access(record, &self.generation.snapshot);
     }
 
     /// Reads and prepares the next request head. `None` means close the connection quietly
@@ -1119,11 +1116,8 @@ fn prepare(
     }
     record.clear_phases();
     record.request_id = request_id;
-    record
-        .listener
-        .push_str(&snapshot.listeners[client.listener].name);
-    record.method.push_str(req.method);
-    record.path.extend_from_slice(req.path().as_bytes());
+    record.listener = Some(client.listener);
+    record.set_target(req.method, req.path());
     if let Some(traceparent) = req
         .headers
         .iter()
@@ -1206,8 +1200,7 @@ fn prepare(
         RouteMatch::NotFound => return reject(404, RejectHeaders::None, None),
     };
     let route = &snapshot.routes[route_index];
-    record.route.push_str(&route.id);
-    record.api.push_str(&route.api);
+    record.route = Some(route_index);
     let mut params = [(0, 0); MAX_PATH_PARAMS];
     let matched_len = route
         .pattern
@@ -1304,10 +1297,7 @@ fn prepare(
     };
 
     if let Some((identity, _)) = &identity {
-        record.tenant.push_str(identity.tenant());
-        record.consumer.push_str(&identity.consumer.id);
-        record.credential_id.push_str(&identity.credential_id);
-        record.auth_method = Some(identity.method.name());
+        record.identity = Some(identity.clone());
     }
 
     // 6. Authorize.
