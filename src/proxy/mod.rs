@@ -250,7 +250,13 @@ async fn serve_accepted(core: &Rc<Core>, listener: usize, tcp: TcpStream, peer: 
     let mut client_ip = peer.ip();
     if settings.proxy_protocol != ProxyProtocol::Off {
         let deadline = Instant::now() + generation.snapshot.limits.head_timeout;
-        match accept::read_proxy_header(&tcp, settings.proxy_protocol, deadline).await {
+        // Boxed: its buffer and timer exist only until the header is read.
+        let header = Box::pin(accept::read_proxy_header(
+            &tcp,
+            settings.proxy_protocol,
+            deadline,
+        ));
+        match header.await {
             Ok(source) => client_ip = source.map_or(client_ip, |s| s.ip()),
             Err(err) => {
                 core.counters.proxy_refused.bump();
@@ -357,7 +363,9 @@ impl<C: ByteStream> Connection<C> {
             let prepared = match self.read_request().await {
                 Some(Ok(prepared)) => prepared,
                 Some(Err(reject)) => {
-                    let next = self.reject(reject).await;
+                    // Boxed like the exchange: a refusal's write (with its timer) should not
+                    // size the task every idle connection keeps.
+                    let next = Box::pin(self.reject(reject)).await;
                     self.finish_record();
                     if next == Next::Close {
                         return;
@@ -457,7 +465,7 @@ impl<C: ByteStream> Connection<C> {
                 }
             }
             if let Some(status) = refused {
-                self.respond_error(status, RequestId::default()).await;
+                Box::pin(self.respond_error(status, RequestId::default())).await;
                 self.finish_record();
                 return None;
             }
@@ -510,7 +518,7 @@ impl<C: ByteStream> Connection<C> {
                 Ok(_) => {}
                 Err(IoFail::Timeout) if !waiting_idle && self.inbuf.len() > self.pos => {
                     self.record.bytes_in = (self.inbuf.len() - self.pos) as u64;
-                    self.respond_error(408, RequestId::default()).await;
+                    Box::pin(self.respond_error(408, RequestId::default())).await;
                     self.finish_record();
                     return None;
                 }
