@@ -448,8 +448,11 @@ impl CoreLimits {
         };
         lease.tokens = lease.tokens.saturating_sub(1);
         lease.last_used = now;
+        // Ask ahead when half the lease is spent — except for one-token leases (slow limits):
+        // a token held ahead on one core would be missing on the others, so those are asked
+        // for when needed and the limit stays exact.
         let size = self.lease_size(a.spec);
-        if lease.tokens <= size / 2 && !lease.pending {
+        if size > 1 && lease.tokens <= size / 2 && !lease.pending {
             lease.pending = true;
             // A quota's owner already has its count (the first lease made it).
             self.ask(a.key, a.spec, None);

@@ -8,8 +8,10 @@
 //! never admits more than the bucket allows plus what the other cores hold in leases: a lease is
 //! at most 1 % of the rate split over the other cores (at least one token), and a core asks for
 //! the next lease when half of the current one is spent. The bound on the error over any window
-//! is therefore `(cores − 1) × 1.5 × lease`, ≤ 1.5 % of the rate (or 1–2 requests for slow
-//! rates). Leases a core stops using are given back after half a second.
+//! is therefore `(cores − 1) × 1.5 × lease`, ≤ 1.5 % of the rate. A one-token lease (a slow
+//! limit) is asked for only when a request needs it, so slow limits hold exactly, at the cost of
+//! one round trip to the owner for such a request on another core. Leases a core stops using
+//! are given back after half a second.
 //!
 //! A refusal takes nothing (all limits of a request are checked before any is spent). A core
 //! whose lease request was answered with "empty" refuses locally until the time the owner named,
