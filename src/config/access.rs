@@ -97,14 +97,6 @@ pub struct RuleSection {
 /// `[[apis.routes]] scopes = { GET = [...], "*" = [...] }`.
 pub type ScopesByMethod = BTreeMap<String, Vec<String>>;
 
-/// `n/unit` with unit s, min, h (rates) or minute, hour, day, month (quotas).
-fn check_amount(text: &str, units: &[&str]) -> bool {
-    match text.split_once('/') {
-        Some((n, unit)) => n.parse::<u64>().is_ok_and(|n| n > 0) && units.contains(&unit),
-        None => false,
-    }
-}
-
 impl super::Config {
     /// Checks tenants, plans, subscriptions and the access keys of APIs and routes; loads the
     /// subscriptions into the credential index.
@@ -120,7 +112,7 @@ impl super::Config {
         for plan in &self.plans {
             super::check_name(p, &plan.name, "plans.name", &mut plans);
             if let Some(rate) = &plan.rate {
-                if !check_amount(rate.get_ref(), &["s", "min", "h"]) {
+                if crate::limit::Rate::parse(rate.get_ref()).is_err() {
                     p.on(
                         rate,
                         format!("plans.rate `{}` must be n/s, n/min or n/h", rate.get_ref()),
@@ -128,7 +120,7 @@ impl super::Config {
                 }
             }
             if let Some(quota) = &plan.quota {
-                if !check_amount(quota.get_ref(), &["minute", "hour", "day", "month"]) {
+                if crate::limit::QuotaAmount::parse(quota.get_ref()).is_err() {
                     p.on(
                         quota,
                         format!(
@@ -344,13 +336,14 @@ impl super::Config {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn amounts() {
-        assert!(check_amount("100/s", &["s", "min", "h"]));
-        assert!(!check_amount("100/day", &["s", "min", "h"]));
-        assert!(!check_amount("0/s", &["s"]));
-        assert!(!check_amount("fast", &["s"]));
+        use crate::limit::{QuotaAmount, Rate};
+        assert!(Rate::parse("100/s").is_ok());
+        assert!(Rate::parse("100/day").is_err());
+        assert!(Rate::parse("0/s").is_err());
+        assert!(Rate::parse("fast").is_err());
+        assert!(QuotaAmount::parse("100/day").is_ok());
+        assert!(QuotaAmount::parse("100/s").is_err());
     }
 }

@@ -168,13 +168,17 @@ fn check_key(
     }
 }
 
-/// Checks an `ip` table entry by entry (so each error names its line).
+/// Checks an `ip` table.
 pub(super) fn check_ip(p: &mut Problems<'_>, at: &str, ip: &IpSection) {
-    for (list, entries) in [("allow", &ip.allow), ("deny", &ip.deny)] {
-        for entry in entries {
-            if let Err(err) = IpSet::parse(&[entry.get_ref()]) {
-                p.on(entry, format!("{at}.{list}: {err}"));
-            }
+    check_cidrs(p, &format!("{at}.allow"), &ip.allow);
+    check_cidrs(p, &format!("{at}.deny"), &ip.deny);
+}
+
+/// Checks a list of addresses or CIDR ranges entry by entry (so each error names its line).
+pub(super) fn check_cidrs(p: &mut Problems<'_>, at: &str, entries: &[Spanned<String>]) {
+    for entry in entries {
+        if let Err(err) = IpSet::parse(&[entry.get_ref()]) {
+            p.on(entry, format!("{at}: {err}"));
         }
     }
 }

@@ -592,11 +592,7 @@ impl Config {
             );
         }
         for listener in &self.listeners {
-            for entry in &listener.trusted_proxies {
-                if let Err(err) = crate::filter::ip_set::IpSet::parse(&[entry.get_ref()]) {
-                    p.on(entry, format!("listeners.trusted_proxies: {err}"));
-                }
-            }
+            limit::check_cidrs(p, "listeners.trusted_proxies", &listener.trusted_proxies);
             if let Some(ip) = &listener.ip {
                 limit::check_ip(p, "listeners.ip", ip);
             }

@@ -364,8 +364,9 @@ impl CoreLimits {
             };
         }
         let mut leases = self.leases.borrow_mut();
-        let lease =
-            leases.get_or_insert_with(a.key, Lease::default, |key, old| self.give_back(key, old));
+        let lease = leases.get_or_insert_with(a.key, Lease::default, |key, mut old| {
+            self.give_back(key, &mut old)
+        });
         if let (Some(Spec::Quota { period: held, .. }), Spec::Quota { period, .. }) =
             (lease.spec, a.spec)
         {
@@ -483,16 +484,10 @@ impl CoreLimits {
     }
 
     /// Returns an evicted or idle lease's tokens to the owner.
-    fn give_back(&self, key: u64, lease: Lease) {
-        if let (true, Some(spec)) = (lease.tokens > 0, lease.spec) {
-            self.send(
-                self.owner(key),
-                LeaseMsg::Return {
-                    key,
-                    spec,
-                    tokens: lease.tokens,
-                },
-            );
+    fn give_back(&self, key: u64, lease: &mut Lease) {
+        let tokens = std::mem::take(&mut lease.tokens);
+        if let (true, Some(spec)) = (tokens > 0, lease.spec) {
+            self.send(self.owner(key), LeaseMsg::Return { key, spec, tokens });
         }
     }
 
@@ -673,8 +668,9 @@ impl CoreLimits {
             }
         } else {
             let mut leases = self.leases.borrow_mut();
-            let lease =
-                leases.get_or_insert_with(key, Lease::default, |key, old| self.give_back(key, old));
+            let lease = leases.get_or_insert_with(key, Lease::default, |key, mut old| {
+                self.give_back(key, &mut old)
+            });
             lease.spec = Some(Spec::Rate(spec));
             if lease.tokens > 0 {
                 lease.last_used = now;
@@ -711,8 +707,9 @@ impl CoreLimits {
             return;
         }
         let mut leases = self.leases.borrow_mut();
-        let lease =
-            leases.get_or_insert_with(key, Lease::default, |key, old| self.give_back(key, old));
+        let lease = leases.get_or_insert_with(key, Lease::default, |key, mut old| {
+            self.give_back(key, &mut old)
+        });
         lease.spec = Some(Spec::Rate(spec));
         lease.last_used = now;
         // No asking ahead: the next request from this address on this core asks when it needs
@@ -736,11 +733,8 @@ impl CoreLimits {
         let forget = LEASE_FORGET.as_nanos() as u64;
         self.leases.borrow_mut().retain(|key, lease| {
             let unused = now.saturating_sub(lease.last_used);
-            if lease.tokens > 0 && unused >= idle && !lease.pending {
-                let tokens = std::mem::take(&mut lease.tokens);
-                if let Some(spec) = lease.spec {
-                    self.send(self.owner(key), LeaseMsg::Return { key, spec, tokens });
-                }
+            if unused >= idle && !lease.pending {
+                self.give_back(key, lease);
             }
             lease.pending || lease.tokens > 0 || lease.debt > 0 || unused < forget
         });
@@ -752,14 +746,9 @@ impl CoreLimits {
 
     /// Gives every unused lease back to its owner (at shutdown).
     pub fn return_leases(&self) {
-        self.leases.borrow_mut().for_each(|key, lease| {
-            if lease.tokens > 0 {
-                let tokens = std::mem::take(&mut lease.tokens);
-                if let Some(spec) = lease.spec {
-                    self.send(self.owner(key), LeaseMsg::Return { key, spec, tokens });
-                }
-            }
-        });
+        self.leases
+            .borrow_mut()
+            .for_each(|key, lease| self.give_back(key, lease));
     }
 
     /// Sends every changed quota count to the writer and drops ended periods.

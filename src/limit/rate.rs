@@ -22,9 +22,9 @@ pub struct Rate {
 impl Rate {
     pub fn parse(text: &str) -> Result<Rate, AmountError> {
         let bad = || AmountError::Rate(text.to_string());
-        let (n, unit) = text.trim().split_once('/').ok_or_else(bad)?;
-        let count: u64 = n.trim().parse().ok().filter(|&n| n > 0).ok_or_else(bad)?;
-        let secs = match unit.trim() {
+        let (n, unit) = text.split_once('/').ok_or_else(bad)?;
+        let count: u64 = n.parse().ok().filter(|&n| n > 0).ok_or_else(bad)?;
+        let secs = match unit {
             "s" => 1,
             "min" => 60,
             "h" => 3600,
@@ -61,9 +61,9 @@ pub struct QuotaAmount {
 impl QuotaAmount {
     pub fn parse(text: &str) -> Result<QuotaAmount, AmountError> {
         let bad = || AmountError::Quota(text.to_string());
-        let (n, unit) = text.trim().split_once('/').ok_or_else(bad)?;
-        let limit: u64 = n.trim().parse().ok().filter(|&n| n > 0).ok_or_else(bad)?;
-        let period = match unit.trim() {
+        let (n, unit) = text.split_once('/').ok_or_else(bad)?;
+        let limit: u64 = n.parse().ok().filter(|&n| n > 0).ok_or_else(bad)?;
+        let period = match unit {
             "minute" => Period::Minute,
             "hour" => Period::Hour,
             "day" => Period::Day,
@@ -114,7 +114,7 @@ impl Period {
 
 /// Year, month (1–12) and day (1–31) of a day number since 1970-01-01 (proleptic Gregorian,
 /// after H. Hinnant's algorithms).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -147,7 +147,16 @@ mod tests {
         assert_eq!(Rate::parse("100/s").unwrap().per_second(), 100.0);
         assert_eq!(Rate::parse("600/min").unwrap().per_second(), 10.0);
         assert_eq!(Rate::parse("3600/h").unwrap().per_second(), 1.0);
-        for bad in ["0/s", "10/d", "s", "-1/s", "1.5/s", "10/minute"] {
+        for bad in [
+            "0/s",
+            "10/d",
+            "s",
+            "-1/s",
+            "1.5/s",
+            "10/minute",
+            "100/day",
+            "fast",
+        ] {
             assert!(Rate::parse(bad).is_err(), "{bad}");
         }
         let q = QuotaAmount::parse("100000/day").unwrap();

@@ -394,12 +394,12 @@ pub fn push_json_str(out: &mut Vec<u8>, value: &[u8]) {
 pub fn push_rfc3339(out: &mut Vec<u8>, time: SystemTime) {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let (year, month, day) = crate::limit::rate::civil_from_days((secs / 86_400) as i64);
     let rest = secs % 86_400;
     let fields = [
         (year as u64, 4, b'-'),
-        (u64::from(month), 2, b'-'),
-        (u64::from(day), 2, b'T'),
+        (month as u64, 2, b'-'),
+        (day as u64, 2, b'T'),
         (rest / 3600, 2, b':'),
         (rest / 60 % 60, 2, b':'),
         (rest % 60, 2, b'.'),
@@ -417,20 +417,6 @@ fn push_padded(out: &mut Vec<u8>, value: u64, width: u32) {
         out.push(b'0' + (value / divisor % 10) as u8);
         divisor /= 10;
     }
-}
-
-/// The proleptic Gregorian date of a day number (days since 1970-01-01).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

@@ -1080,11 +1080,7 @@ fn plan_response(
         push_header(out, b"X-Request-Id", prepared.request_id.as_bytes());
     }
     if let Some(shown) = prepared.rate_limit {
-        let _ = write!(
-            out,
-            "RateLimit-Limit: {}\r\nRateLimit-Remaining: {}\r\nRateLimit-Reset: {}\r\n",
-            shown.limit, shown.remaining, shown.reset
-        );
+        let _ = write!(out, "{}", RateLimitFields(shown));
     }
     if !client_keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -1358,8 +1354,7 @@ fn prepare(
                 retry_after,
                 shown,
             } => {
-                let mut lines = format!("Retry-After: {retry_after}\r\n");
-                push_rate_limit_fields(&mut lines, shown);
+                let lines = format!("Retry-After: {retry_after}\r\n{}", RateLimitFields(shown));
                 let reason = if quota {
                     "quota_exceeded"
                 } else {
@@ -1470,14 +1465,19 @@ fn plan_limits<'s>(
     plan.map_or(&[], |p| &p.limits)
 }
 
-/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` lines.
-fn push_rate_limit_fields(out: &mut String, shown: Shown) {
-    use std::fmt::Write as _;
-    let _ = write!(
-        out,
-        "RateLimit-Limit: {}\r\nRateLimit-Remaining: {}\r\nRateLimit-Reset: {}\r\n",
-        shown.limit, shown.remaining, shown.reset
-    );
+/// The `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` lines of a limited
+/// response (refused or allowed).
+struct RateLimitFields(Shown);
+
+impl std::fmt::Display for RateLimitFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.0;
+        write!(
+            f,
+            "RateLimit-Limit: {}\r\nRateLimit-Remaining: {}\r\nRateLimit-Reset: {}\r\n",
+            shown.limit, shown.remaining, shown.reset
+        )
+    }
 }
 
 /// The access decision for an authenticated request; a refusal (403) when denied. A shadow
