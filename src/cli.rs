@@ -1,5 +1,6 @@
 //! The credential helper commands: issue an API key (`key new`), hash a Basic password
-//! (`basic new`), make a signing key and its JWKS (`jwk new`), and sign a token (`token mint`).
+//! (`basic new`), make a signing key and its JWKS (`jwk new`), sign a token (`token mint`), make
+//! an admin token (`admin token new`) and check the audit chain (`audit verify`).
 //! Each returns the process exit code and prints errors to stderr.
 
 use crate::auth::api_key;
@@ -189,4 +190,91 @@ pub fn token_mint(
         }
         Err(e) => fail(e),
     }
+}
+
+/// `admin token new`: a new admin token and the hash to put in `[[admin.tokens]]`.
+pub fn admin_token_new(role: &str, json: bool) -> i32 {
+    use crate::admin::tokens;
+    if tokens::Role::from_name(role).is_none() {
+        return fail(format!(
+            "unknown role `{role}` (admin, operator or auditor)"
+        ));
+    }
+    let (token, hash) = tokens::generate();
+    if json {
+        println!(
+            "{{\"token\":{},\"hash\":{}}}",
+            json_string(&token),
+            json_string(&hash.hex())
+        );
+        return 0;
+    }
+    println!("Admin token (shown once; store it now):\n\n  {token}\n");
+    println!(
+        "Add it to the config:\n\n[[admin.tokens]]\nname = \"CHANGE-ME\"\nrole = {}\nhash = {}",
+        json_string(role),
+        json_string(&hash.hex())
+    );
+    0
+}
+
+/// `audit verify`: checks the hash chain of the store's audit trail and of its JSONL copy, and
+/// that the copy agrees with the store. Exit 0 when both verify.
+pub fn audit_verify(config: &Path) -> i32 {
+    use crate::store::audit;
+    let Some(config) = crate::control::load_config(config) else {
+        return 1;
+    };
+    let path = config.store_path();
+    if !path.exists() {
+        return fail(format!("{}: no store", path.display()));
+    }
+    let store = match crate::store::sqlite::SqliteStore::open(&path) {
+        Ok(store) => store,
+        Err(e) => return fail(e),
+    };
+    let records = match store.all_audit() {
+        Ok(records) => records,
+        Err(e) => return fail(e),
+    };
+    match audit::verify(&records) {
+        Ok(n) => println!("{}: {n} audit records, chain intact", path.display()),
+        Err(e) => return fail(format!("{}: {e}", path.display())),
+    }
+    let Some(log) = config.audit_log_path().filter(|p| p.exists()) else {
+        return 0;
+    };
+    let text = match std::fs::read_to_string(&log) {
+        Ok(text) => text,
+        Err(e) => return fail(format!("{}: {e}", log.display())),
+    };
+    let copied = match audit::read_jsonl(&text).and_then(|r| audit::verify(&r).map(|n| (r, n))) {
+        Ok((copied, n)) => {
+            println!("{}: {n} audit records, chain intact", log.display());
+            copied
+        }
+        Err(e) => return fail(format!("{}: {e}", log.display())),
+    };
+    if copied.len() > records.len() {
+        return fail(format!(
+            "{} holds {} records the store does not: records were removed from the store",
+            log.display(),
+            copied.len() - records.len()
+        ));
+    }
+    if let Some((a, _)) = copied.iter().zip(&records).find(|(a, b)| a != b) {
+        return fail(format!(
+            "record {} differs between {} and the store",
+            a.seq,
+            log.display()
+        ));
+    }
+    if copied.len() < records.len() {
+        println!(
+            "note: {} lags the store by {} record(s) (appended after each commit; a crash in between loses the copy, not the record)",
+            log.display(),
+            records.len() - copied.len()
+        );
+    }
+    0
 }

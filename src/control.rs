@@ -1,7 +1,9 @@
-//! The process lifecycle on the control side: load and validate the config, start the cores,
-//! wait for signals (SIGHUP: reload; SIGUSR1: reopen the access log), and drain on
-//! SIGTERM/SIGINT (a second signal exits at once).
+//! The process lifecycle on the control side: load and validate the config, open the store,
+//! start the cores and the admin API, wait for signals (SIGHUP: reload; SIGUSR1: reopen the
+//! access and audit logs), and drain on SIGTERM/SIGINT (a second signal exits at once).
 
+use crate::admin::api::Api;
+use crate::admin::plane::{credentials_for, ControlPlane};
 use crate::auth::service::AuthService;
 use crate::config::{Config, ConfigError};
 use crate::filter::connections::ConnectionCounts;
@@ -9,11 +11,14 @@ use crate::limit::limiter::TableSizes;
 use crate::limit::quota_file::{self, QuotaWriter, SavedQuotas};
 use crate::observe::access_writer::AccessWriter;
 use crate::observe::init_logging;
+use crate::runtime::channel::ControlSender;
 use crate::runtime::{
     allowed_cpus, block_control_signals, raise_nofile_limit, return_free_memory, start_workers,
-    stop_workers, wait_for_signal, wait_for_signal_timeout, ControlMsg, LimitSetup, Worker,
+    stop_workers, wait_for_signal, wait_for_signal_timeout, LimitSetup,
 };
 use crate::snapshot::Snapshot;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -127,10 +132,21 @@ fn bind_without_listening(address: std::net::SocketAddr) -> std::io::Result<()> 
     }
 }
 
+/// Opens the store when the config uses one.
+fn open_store(config: &Config) -> Result<Option<Box<dyn Store>>, String> {
+    if !config.uses_store() {
+        return Ok(None);
+    }
+    let path = config.store_path();
+    let store = SqliteStore::open(&path).map_err(|e| e.to_string())?;
+    tracing::info!(path = %path.display(), "store opened");
+    Ok(Some(Box::new(store)))
+}
+
 /// Runs the gateway until SIGTERM/SIGINT; returns the process exit code.
 ///
 /// `on_ready` runs once every core listens (the demo prints its hints there).
-pub fn serve(mut config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
+pub fn serve(config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
     init_logging(&config.logging.level, config.logging.format);
     let nofile = raise_nofile_limit();
     block_control_signals();
@@ -140,8 +156,22 @@ pub fn serve(mut config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
             return 1;
         }
     }
+    let mut store = match open_store(&config) {
+        Ok(store) => store,
+        Err(message) => {
+            tracing::error!(error = %message, "cannot start");
+            return 1;
+        }
+    };
+    let credentials = match credentials_for(&config, store.as_mut()) {
+        Ok(credentials) => credentials,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start: the store cannot be read");
+            return 1;
+        }
+    };
     let snapshot = Arc::new(Snapshot::compile(&config));
-    let auth = AuthService::start(&config);
+    let auth = Arc::new(AuthService::start(&config, credentials));
     let cpus = allowed_cpus();
     let worker_count = config.worker_count(cpus.len());
     let (mut limits, quota_writer) = match limit_setup(&config, &snapshot) {
@@ -179,20 +209,47 @@ pub fn serve(mut config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
             return 1;
         }
     };
-    auth.attach(
+    let senders = || -> Vec<ControlSender> {
         workers
             .iter()
             .filter_map(|w| w.control.try_clone().ok())
-            .collect(),
-    );
+            .collect()
+    };
+    auth.attach(senders());
     log_credentials(&config);
     for listener in &snapshot.listeners {
         tracing::info!(listener = %listener.name, address = %listener.address, tls = listener.tls.is_some(), "listening");
     }
     log_certificates(&snapshot);
+    let drain_timeout = config.gateway.drain_timeout.0;
+    let admin = config.resolved.admin.clone();
+    let plane = match ControlPlane::new(config, store, auth.clone(), senders()) {
+        Ok(plane) => Arc::new(plane),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot open the audit log");
+            stop_workers(workers);
+            return 1;
+        }
+    };
+    if let Some(admin) = admin {
+        match crate::admin::server::start(
+            admin.address,
+            admin.tls.clone(),
+            Arc::new(Api::new(plane.clone())),
+        ) {
+            Ok(server) => {
+                tracing::info!(address = %server.address, tls = admin.tls.is_some(), tokens = admin.tokens.len(), "admin API listening")
+            }
+            Err(err) => {
+                tracing::error!(address = %admin.address, error = %err, "cannot start the admin API");
+                stop_workers(workers);
+                return 1;
+            }
+        }
+    }
     tracing::info!(
         workers = worker_count,
-        pinned = config.gateway.pin,
+        pinned = plane.lock().config.gateway.pin,
         nofile_limit = nofile,
         "credentialflow ready"
     );
@@ -203,6 +260,7 @@ pub fn serve(mut config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
             continue;
         };
         if signal == libc::SIGUSR1 {
+            plane.reopen_audit_log();
             match &access_writer {
                 Some(writer) => {
                     tracing::info!("SIGUSR1: reopening the access log");
@@ -213,14 +271,14 @@ pub fn serve(mut config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
             continue;
         }
         if signal == libc::SIGHUP {
-            if let Some(reloaded) = reload(&config, &workers, &auth) {
-                config = reloaded;
-            }
+            tracing::info!("SIGHUP");
+            let _ = plane.reload();
             continue;
         }
-        tracing::info!(signal, drain_timeout = ?config.gateway.drain_timeout.0, "shutting down: draining in-flight requests");
+        tracing::info!(signal, drain_timeout = ?drain_timeout, "shutting down: draining in-flight requests");
         break;
     }
+    plane.stop();
     std::thread::spawn(|| {
         // A log rotation during the drain is no reason to stop waiting.
         let mut signal = wait_for_signal();
@@ -287,76 +345,8 @@ fn limit_setup(
     Ok((setup, Some(writer)))
 }
 
-/// How long a reload waits for every core to switch to the new snapshot.
-const RELOAD_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Re-reads the config file (SIGHUP) and, when it is valid and keeps the same listener
-/// addresses, hands the new snapshot to every core. Connections stay open; each serves its next
-/// request (and a new TLS handshake uses the new certificates) from the new snapshot. Returns
-/// the new config when it was applied.
-fn reload(current: &Config, workers: &[Worker], auth: &AuthService) -> Option<Config> {
-    let path = &current.source_path;
-    tracing::info!(config = %path.display(), "SIGHUP: reloading configuration");
-    let config = match Config::load(path) {
-        Ok(config) => config,
-        Err(errors) => {
-            for error in &errors {
-                tracing::error!(error = %error, "reload refused: invalid configuration");
-            }
-            return None;
-        }
-    };
-    for warning in &config.warnings {
-        tracing::warn!(%warning, "configuration warning");
-    }
-    if config.resolved.listeners != current.resolved.listeners {
-        tracing::error!("reload refused: listener addresses changed (restart to apply)");
-        return None;
-    }
-    if config.gateway.workers != current.gateway.workers
-        || config.gateway.pin != current.gateway.pin
-        || config.logging.level != current.logging.level
-        || config.logging.format != current.logging.format
-        || config.logging.access_log != current.logging.access_log
-        || config.logging.access_log_sample_2xx != current.logging.access_log_sample_2xx
-    {
-        tracing::warn!("[gateway] and [logging] changes take effect on restart only");
-    }
-    let snapshot = Arc::new(Snapshot::compile(&config));
-    let mut applied = 0;
-    auth.reload(&config, |auth_state| {
-        let (ack, acks) = crossbeam_channel::unbounded();
-        for worker in workers {
-            worker.control.send(ControlMsg::Adopt(
-                snapshot.clone(),
-                auth_state.clone(),
-                ack.clone(),
-            ));
-        }
-        let deadline = std::time::Instant::now() + RELOAD_ACK_TIMEOUT;
-        while applied < workers.len() {
-            match acks.recv_deadline(deadline) {
-                Ok(_) => applied += 1,
-                Err(_) => break,
-            }
-        }
-    });
-    if applied < workers.len() {
-        tracing::warn!(
-            applied,
-            cores = workers.len(),
-            "reload: not every core confirmed the new configuration in time"
-        );
-    } else {
-        tracing::info!(cores = applied, "configuration reloaded");
-    }
-    log_certificates(&snapshot);
-    log_credentials(&config);
-    Some(config)
-}
-
 /// Logs how many consumers and credentials the config holds (never the credentials).
-fn log_credentials(config: &Config) {
+pub fn log_credentials(config: &Config) {
     let (consumers, api_keys, others) = config.resolved.credentials.counts();
     if consumers + api_keys + others + config.issuers.len() > 0 {
         tracing::info!(
@@ -370,7 +360,7 @@ fn log_credentials(config: &Config) {
 }
 
 /// Logs each TLS listener's certificates with their names and remaining validity.
-fn log_certificates(snapshot: &Snapshot) {
+pub fn log_certificates(snapshot: &Snapshot) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);

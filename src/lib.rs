@@ -6,9 +6,11 @@
 //! pools and health, [`runtime`] the worker threads, [`control`] the process lifecycle,
 //! [`demo`] the built-in demo upstream, [`observe`] logging, [`auth`] and [`access`] the
 //! authentication and authorization phases, [`filter`] the client address and request filters,
-//! [`limit`] rate limits and quotas.
+//! [`limit`] rate limits and quotas, [`admin`] the admin API and control plane, [`store`] the
+//! durable store of the credential lifecycle.
 
 pub mod access;
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -22,5 +24,6 @@ pub mod proxy;
 pub mod router;
 pub mod runtime;
 pub mod snapshot;
+pub mod store;
 pub mod tls;
 pub mod upstream;

@@ -1,5 +1,6 @@
 //! The `credentialflow` command: `run` the gateway, `check` a config, start the `demo`, and
-//! the credential helpers (`key new`, `basic new`, `jwk new`, `token mint`).
+//! the credential helpers (`key new`, `basic new`, `jwk new`, `token mint`), `admin token new`
+//! and `audit verify`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -53,6 +54,48 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// The admin API: `admin token new` makes an admin token.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// The audit trail: `audit verify` checks its hash chain.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Admin tokens: `token new` prints a new token and its hash for `[[admin.tokens]]`.
+    Token {
+        #[command(subcommand)]
+        command: AdminTokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminTokenCommand {
+    /// Make an admin token: print it once, with the hash to configure.
+    New {
+        /// admin, operator (read + approve/reject) or auditor (read-only).
+        #[arg(long)]
+        role: String,
+        /// Print `{"token": "cfadm_…", "hash": "…"}`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the audit trail's hash chain in the store and its JSONL copy; exit 1 when a
+    /// record was removed, edited or reordered.
+    Verify {
+        #[arg(short, long, default_value = "config/credentialflow.toml")]
+        config: PathBuf,
     },
 }
 
@@ -179,6 +222,15 @@ fn main() -> ExitCode {
                     count,
                 },
         } => credentialflow::cli::token_mint(&key, &alg, kid.as_deref(), &claims, &ttl, count),
+        Command::Admin {
+            command:
+                AdminCommand::Token {
+                    command: AdminTokenCommand::New { role, json },
+                },
+        } => credentialflow::cli::admin_token_new(&role, json),
+        Command::Audit {
+            command: AuditCommand::Verify { config },
+        } => credentialflow::cli::audit_verify(&config),
     };
     credentialflow::observe::flush_logs(std::time::Duration::from_secs(2));
     ExitCode::from(code as u8)

@@ -172,6 +172,10 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.shards.iter().flat_map(|s| s.values())
     }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Default for ShardedMap<K, V> {
@@ -203,6 +207,8 @@ pub struct CredentialIndex {
     jwt_subjects: ShardedMap<Box<str>, Arc<Credential>>,
     /// By `<consumer id>\n<api name>`.
     subscriptions: ShardedMap<Box<str>, Arc<Subscription>>,
+    /// Revoked JWTs by `<issuer name>\n<jti|sub>\n<value>`: until when (Unix seconds).
+    jwt_revocations: ShardedMap<Box<str>, i64>,
 }
 
 impl std::fmt::Debug for CredentialIndex {
@@ -275,6 +281,24 @@ impl CredentialIndex {
         map.insert(key, credential);
     }
 
+    /// The credential under `handle`.
+    pub fn get(&self, handle: &Handle) -> Option<&Arc<Credential>> {
+        match handle {
+            Handle::ApiKey(id) => self.api_keys.get(id.as_str()),
+            Handle::Basic(user) => self.basic.get(user.as_str()),
+            Handle::MtlsFingerprint(f) => self.mtls_fingerprints.get(f.as_str()),
+            Handle::MtlsName(n) => self.mtls_names.get(n.as_str()),
+            Handle::Jwt { issuer, subject } => self
+                .jwt_subjects
+                .get(format!("{issuer}\n{subject}").as_str()),
+        }
+    }
+
+    /// Adds or replaces a consumer (credentials made before keep the version they hold).
+    pub fn put_consumer(&mut self, consumer: Arc<Consumer>) {
+        self.consumers.insert(consumer.id.clone(), consumer);
+    }
+
     /// Removes the credential under `handle`.
     pub fn remove(&mut self, handle: &Handle) -> Option<Arc<Credential>> {
         let (map, key) = self.map_for(handle);
@@ -314,6 +338,47 @@ impl CredentialIndex {
         self.jwt_subjects.get(buf.as_str())
     }
 
+    /// Removes a consumer (its credentials stay until replaced or removed).
+    pub fn remove_consumer(&mut self, id: &str) -> Option<Arc<Consumer>> {
+        self.consumers.remove(id)
+    }
+
+    /// Denies tokens of `issuer` whose `claim` (`jti` or `sub`) is `value`, until `until`.
+    pub fn revoke_jwt(&mut self, issuer: &str, claim: &str, value: &str, until: i64) {
+        let key: Box<str> = format!("{issuer}\n{claim}\n{value}").into();
+        let until = self
+            .jwt_revocations
+            .get(&*key)
+            .map_or(until, |&old| old.max(until));
+        self.jwt_revocations.insert(key, until);
+    }
+
+    /// Whether a token of `issuer` with this `jti` / `sub` is revoked at `now`.
+    pub fn jwt_revoked(
+        &self,
+        issuer: &str,
+        jti: Option<&str>,
+        sub: Option<&str>,
+        now: i64,
+        buf: &mut String,
+    ) -> bool {
+        if self.jwt_revocations.is_empty() {
+            return false;
+        }
+        [("jti", jti), ("sub", sub)].iter().any(|(claim, value)| {
+            let Some(value) = value else { return false };
+            buf.clear();
+            buf.push_str(issuer);
+            buf.push('\n');
+            buf.push_str(claim);
+            buf.push('\n');
+            buf.push_str(value);
+            self.jwt_revocations
+                .get(buf.as_str())
+                .is_some_and(|&until| until > now)
+        })
+    }
+
     /// Adds or replaces the subscription of its consumer to its API.
     pub fn put_subscription(
         &mut self,
@@ -338,6 +403,40 @@ impl CredentialIndex {
         buf.push('\n');
         buf.push_str(api);
         self.subscriptions.get(buf.as_str())
+    }
+
+    /// Every consumer (unordered).
+    pub fn consumers(&self) -> impl Iterator<Item = &Arc<Consumer>> {
+        self.consumers.values()
+    }
+
+    /// Every credential with its handle (unordered).
+    pub fn credentials(&self) -> impl Iterator<Item = (Handle, &Arc<Credential>)> {
+        fn simple(
+            map: &ShardedMap<Box<str>, Arc<Credential>>,
+            make: fn(String) -> Handle,
+        ) -> impl Iterator<Item = (Handle, &Arc<Credential>)> {
+            map.iter().map(move |(k, v)| (make(k.to_string()), v))
+        }
+        simple(&self.api_keys, Handle::ApiKey)
+            .chain(simple(&self.basic, Handle::Basic))
+            .chain(simple(&self.mtls_fingerprints, Handle::MtlsFingerprint))
+            .chain(simple(&self.mtls_names, Handle::MtlsName))
+            .chain(self.jwt_subjects.iter().map(|(k, v)| {
+                let (issuer, subject) = k.split_once('\n').unwrap_or((k, ""));
+                (
+                    Handle::Jwt {
+                        issuer: issuer.to_string(),
+                        subject: subject.to_string(),
+                    },
+                    v,
+                )
+            }))
+    }
+
+    /// Every subscription (unordered).
+    pub fn subscriptions(&self) -> impl Iterator<Item = &Arc<Subscription>> {
+        self.subscriptions.values()
     }
 
     /// Counts for logs: consumers, API keys, other credentials.
@@ -405,6 +504,23 @@ mod tests {
         assert!(v2.remove(&Handle::ApiKey("k8".into())).is_some());
         assert!(v2.api_key("k8").is_none() && v1.api_key("k8").is_some());
         assert_eq!(v2.counts().1, 1999);
+    }
+
+    #[test]
+    fn revoked_tokens_are_found_by_jti_or_subject_until_their_time() {
+        let mut index = CredentialIndex::default();
+        let mut buf = String::new();
+        assert!(!index.jwt_revoked("corp", Some("t1"), Some("u1"), 0, &mut buf));
+        index.revoke_jwt("corp", "jti", "t1", 100);
+        index.revoke_jwt("corp", "sub", "u9", 100);
+        assert!(index.jwt_revoked("corp", Some("t1"), None, 50, &mut buf));
+        assert!(index.jwt_revoked("corp", Some("t2"), Some("u9"), 50, &mut buf));
+        assert!(!index.jwt_revoked("corp", Some("t2"), Some("u1"), 50, &mut buf));
+        assert!(!index.jwt_revoked("other", Some("t1"), None, 50, &mut buf));
+        assert!(
+            !index.jwt_revoked("corp", Some("t1"), None, 100, &mut buf),
+            "lapsed"
+        );
     }
 
     #[test]

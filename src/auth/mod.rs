@@ -772,7 +772,15 @@ impl Ctx<'_> {
             let mut scopes: Vec<Box<str>> = Vec::new();
             let mut scalars: Vec<(Box<str>, Box<str>)> = Vec::new();
             let mut text = String::new();
+            // Read apart from the capped scalar list, so no claim count hides them.
+            let (mut jti, mut sub) = (String::new(), String::new());
+            let (mut has_jti, mut has_sub) = (false, false);
             for (name, value) in claims {
+                match name {
+                    "jti" => has_jti = value.scalar_text(&mut jti),
+                    "sub" => has_sub = value.scalar_text(&mut sub),
+                    _ => {}
+                }
                 match name {
                     "exp" => times.exp = value.as_seconds(),
                     "nbf" => times.nbf = value.as_seconds(),
@@ -814,6 +822,15 @@ impl Ctx<'_> {
                 return Ok(Err(invalid));
             }
             let mut lookup = String::new();
+            if state.credentials.jwt_revoked(
+                &issuer.name,
+                has_jti.then_some(jti.as_str()),
+                has_sub.then_some(sub.as_str()),
+                now,
+                &mut lookup,
+            ) {
+                return Ok(Err((Reason::Revoked, None)));
+            }
             let (consumer, credential_id) =
                 match state
                     .credentials

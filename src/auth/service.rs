@@ -53,17 +53,49 @@ struct Published {
     state: Arc<AuthState>,
     sources: Vec<KeySource>,
     cores: Vec<ControlSender>,
+    /// Per core: the last epoch it confirmed.
+    confirmed: Vec<u64>,
+    last: Option<Propagation>,
+}
+
+/// How one change reached the cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Propagation {
+    pub epoch: u64,
+    pub cores: usize,
+    /// Cores that confirmed within the timeout.
+    pub applied: usize,
+    /// From the change being handed to the cores to the last confirmation (or the timeout).
+    pub elapsed: Duration,
+    /// Unix microseconds when the propagation ended.
+    pub at_us: i64,
+}
+
+impl Propagation {
+    /// Every core applied the change.
+    pub fn complete(&self) -> bool {
+        self.applied == self.cores
+    }
+}
+
+fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 impl Published {
-    /// Replaces the state (epoch + 1) and hands it to every core; returns once all acked.
-    fn publish(&mut self, build: impl FnOnce(&AuthState) -> AuthState) {
+    /// Replaces the state (epoch + 1) and hands it to every core; returns once all acked or
+    /// `timeout` passed (a late core applies it when it reads the message).
+    fn publish(
+        &mut self,
+        build: impl FnOnce(&AuthState) -> AuthState,
+        timeout: Duration,
+    ) -> Propagation {
         let mut next = build(&self.state);
         next.epoch = self.state.epoch + 1;
         self.state = Arc::new(next);
-        if self.cores.is_empty() {
-            return;
-        }
+        let started = Instant::now();
         let (ack, acks) = crossbeam_channel::unbounded();
         let mut sent = 0;
         for core in &self.cores {
@@ -71,19 +103,48 @@ impl Published {
                 sent += 1;
             }
         }
-        let deadline = Instant::now() + ACK_TIMEOUT;
+        let deadline = started + timeout;
         let mut applied = 0;
-        while applied < sent && acks.recv_deadline(deadline).is_ok() {
+        while applied < sent {
+            let Ok(core) = acks.recv_deadline(deadline) else {
+                break;
+            };
+            self.confirm(core, self.state.epoch);
             applied += 1;
         }
-        if applied < sent {
+        let propagation = Propagation {
+            epoch: self.state.epoch,
+            cores: self.cores.len(),
+            applied,
+            elapsed: started.elapsed(),
+            at_us: unix_micros(),
+        };
+        if !propagation.complete() {
             tracing::warn!(
                 applied,
-                cores = sent,
+                cores = self.cores.len(),
+                epoch = self.state.epoch,
                 "auth update: not every core confirmed in time"
             );
         }
+        self.last = Some(propagation);
+        propagation
     }
+
+    fn confirm(&mut self, core: usize, epoch: u64) {
+        if let Some(slot) = self.confirmed.get_mut(core) {
+            *slot = (*slot).max(epoch);
+        }
+    }
+}
+
+/// What `/v1/status` reports of the propagation.
+#[derive(Debug, Clone)]
+pub struct PropagationStatus {
+    pub epoch: u64,
+    /// Per core: the last epoch it confirmed.
+    pub confirmed: Vec<u64>,
+    pub last: Option<Propagation>,
 }
 
 /// The control side's authentication service.
@@ -116,8 +177,13 @@ fn sources(config: &Config) -> Vec<KeySource> {
         .collect()
 }
 
-/// The state for `config`, keeping fetched keys of issuers whose source did not change.
-fn state_for(config: &Config, old: Option<(&AuthState, &[KeySource])>) -> AuthState {
+/// The state for `config` and `credentials` (the config's, with the store laid over them),
+/// keeping fetched keys of issuers whose source did not change.
+fn state_for(
+    config: &Config,
+    credentials: Arc<CredentialIndex>,
+    old: Option<(&AuthState, &[KeySource])>,
+) -> AuthState {
     let new_sources = sources(config);
     let keys = new_sources
         .iter()
@@ -133,21 +199,23 @@ fn state_for(config: &Config, old: Option<(&AuthState, &[KeySource])>) -> AuthSt
         .collect();
     AuthState {
         epoch: 0,
-        credentials: config.resolved.credentials.clone(),
+        credentials,
         keys,
     }
 }
 
 impl AuthService {
     /// Starts the refresher and checker threads for `config`.
-    pub fn start(config: &Config) -> AuthService {
+    pub fn start(config: &Config, credentials: Arc<CredentialIndex>) -> AuthService {
         let shared = Arc::new(Mutex::new(Published {
             state: Arc::new(AuthState {
                 epoch: 1,
-                ..state_for(config, None)
+                ..state_for(config, credentials, None)
             }),
             sources: sources(config),
             cores: Vec::new(),
+            confirmed: Vec::new(),
+            last: None,
         }));
         let (refetch, requests) = crossbeam_channel::bounded(1024);
         AuthService {
@@ -173,7 +241,10 @@ impl AuthService {
     /// Publishes future changes to these cores and starts the JWKS refresher: keys fetched
     /// from now on reach every core (none can be published to a core list not yet complete).
     pub fn attach(&self, cores: Vec<ControlSender>) {
-        self.shared.lock().expect("auth state lock").cores = cores;
+        let mut shared = self.shared.lock().expect("auth state lock");
+        shared.confirmed = vec![shared.state.epoch; cores.len()];
+        shared.cores = cores;
+        drop(shared);
         if let Some(requests) = self.requests.lock().expect("refetch queue lock").take() {
             let refresher = self.shared.clone();
             std::thread::Builder::new()
@@ -184,31 +255,58 @@ impl AuthService {
     }
 
     /// Applies `change` to a copy of the credential index (only the shards it touches are
-    /// copied) and publishes the result to every core, returning once all have acked: the entry
-    /// point for credential changes that do not come from the config file. Routes, TLS and keys
-    /// are untouched.
-    pub fn change_credentials(&self, change: impl FnOnce(&mut CredentialIndex)) {
+    /// copied) and publishes the result to every core, returning once all have acked or
+    /// `timeout` passed: the entry point for credential changes that do not come from the
+    /// config file. Routes, TLS and keys are untouched. Each core empties its verified-credential
+    /// cache when it adopts the new state.
+    pub fn change_credentials(
+        &self,
+        change: impl FnOnce(&mut CredentialIndex),
+        timeout: Duration,
+    ) -> Propagation {
         let mut shared = self.shared.lock().expect("auth state lock");
-        shared.publish(|old| {
-            let mut credentials = (*old.credentials).clone();
-            change(&mut credentials);
-            AuthState {
-                epoch: 0,
-                credentials: Arc::new(credentials),
-                keys: old.keys.clone(),
-            }
-        });
+        shared.publish(
+            |old| {
+                let mut credentials = (*old.credentials).clone();
+                change(&mut credentials);
+                AuthState {
+                    epoch: 0,
+                    credentials: Arc::new(credentials),
+                    keys: old.keys.clone(),
+                }
+            },
+            timeout,
+        )
     }
 
-    /// Builds the state for a reloaded `config` and runs `apply` with it while no key update
-    /// can slip in between (the caller hands it to the cores with the new snapshot).
-    pub fn reload(&self, config: &Config, apply: impl FnOnce(Arc<AuthState>)) {
+    /// Epochs per core and the last propagation.
+    pub fn propagation_status(&self) -> PropagationStatus {
+        let shared = self.shared.lock().expect("auth state lock");
+        PropagationStatus {
+            epoch: shared.state.epoch,
+            confirmed: shared.confirmed.clone(),
+            last: shared.last,
+        }
+    }
+
+    /// Builds the state for a reloaded `config` (with `credentials`: its own plus the store's)
+    /// and runs `apply` with it while no other update can slip in between; `apply` hands it to
+    /// the cores with the new snapshot and returns the ids of the cores that confirmed.
+    pub fn reload(
+        &self,
+        config: &Config,
+        credentials: Arc<CredentialIndex>,
+        apply: impl FnOnce(Arc<AuthState>) -> Vec<usize>,
+    ) {
         let mut shared = self.shared.lock().expect("auth state lock");
-        let mut next = state_for(config, Some((&shared.state, &shared.sources)));
+        let mut next = state_for(config, credentials, Some((&shared.state, &shared.sources)));
         next.epoch = shared.state.epoch + 1;
         shared.state = Arc::new(next);
         shared.sources = sources(config);
-        apply(shared.state.clone());
+        let epoch = shared.state.epoch;
+        for core in apply(shared.state.clone()) {
+            shared.confirm(core, epoch);
+        }
         drop(shared);
         // Wake the refresher so it fetches for new or changed issuers at once.
         let _ = self.links.refetch.try_send(Refetch { issuer: "".into() });
@@ -308,15 +406,18 @@ fn fetch_and_publish(shared: &Arc<Mutex<Published>>, schedule: &mut Schedule) {
             let Some(at) = published.sources.iter().position(|s| s == source) else {
                 return;
             };
-            published.publish(|old| {
-                let mut all = old.keys.to_vec();
-                all[at] = Some(keys);
-                AuthState {
-                    epoch: 0,
-                    credentials: old.credentials.clone(),
-                    keys: all.into(),
-                }
-            });
+            published.publish(
+                |old| {
+                    let mut all = old.keys.to_vec();
+                    all[at] = Some(keys);
+                    AuthState {
+                        epoch: 0,
+                        credentials: old.credentials.clone(),
+                        keys: all.into(),
+                    }
+                },
+                ACK_TIMEOUT,
+            );
         }
         Err(error) => {
             schedule.next = now + source.min_refresh;
@@ -350,30 +451,34 @@ address = "127.0.0.1:1"
     #[test]
     fn a_credential_change_publishes_a_new_epoch_without_a_reload() {
         let config = Config::parse("test.toml", CONFIG).unwrap();
-        let service = AuthService::start(&config);
+        let service = AuthService::start(&config, config.resolved.credentials.clone());
         let before = service.state();
-        service.change_credentials(|index| {
-            let consumer = Arc::new(Consumer {
-                id: "late".into(),
-                tenant: "default".into(),
-                groups: Box::new([]),
-                metadata: Box::new([]),
-            });
-            index
-                .add(
-                    Handle::ApiKey("k1".into()),
-                    Arc::new(Credential {
-                        id: "k1".into(),
-                        kind: CredentialKind::ApiKey,
-                        consumer,
-                        secret: Secret::ApiKey([0; 32]),
-                        scopes: Box::new([]),
-                        expires: None,
-                        revoked: false,
-                    }),
-                )
-                .unwrap();
-        });
+        let propagation = service.change_credentials(
+            |index| {
+                let consumer = Arc::new(Consumer {
+                    id: "late".into(),
+                    tenant: "default".into(),
+                    groups: Box::new([]),
+                    metadata: Box::new([]),
+                });
+                index
+                    .add(
+                        Handle::ApiKey("k1".into()),
+                        Arc::new(Credential {
+                            id: "k1".into(),
+                            kind: CredentialKind::ApiKey,
+                            consumer,
+                            secret: Secret::ApiKey([0; 32]),
+                            scopes: Box::new([]),
+                            expires: None,
+                            revoked: false,
+                        }),
+                    )
+                    .unwrap();
+            },
+            ACK_TIMEOUT,
+        );
+        assert!(propagation.complete(), "no cores: nothing to wait for");
         let after = service.state();
         assert_eq!(after.epoch, before.epoch + 1);
         assert!(before.credentials.api_key("k1").is_none());

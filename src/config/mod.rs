@@ -4,6 +4,7 @@
 //! The file is read on the control side only; cores see the compiled [`crate::snapshot::Snapshot`].
 
 mod access;
+mod admin;
 mod auth;
 mod duration;
 mod limit;
@@ -17,6 +18,8 @@ pub use access::{
     EffectName, ModeName, PlanSection, RuleSection, ScopesByMethod, SubscriptionModeName,
     SubscriptionSection, TenantSection,
 };
+
+pub use admin::{AdminSection, AdminSettings, AdminToken, AdminTokenSection, StoreSection};
 
 pub use auth::{
     parse_method, parse_rfc3339, AuthMethodName, AuthSection, ConsumerSection, CredentialSection,
@@ -103,6 +106,9 @@ pub struct LoggingSection {
     pub access_log: String,
     /// The fraction of 2xx access records kept (0.0 … 1.0); every other status is kept.
     pub access_log_sample_2xx: f64,
+    /// The audit trail's JSONL copy: a path (relative to the config file's directory) or `off`;
+    /// default `<gateway.data_dir>/audit.jsonl` when the admin API is on.
+    pub audit_log: Option<String>,
 }
 
 impl Default for LoggingSection {
@@ -112,6 +118,7 @@ impl Default for LoggingSection {
             format: LogFormat::Human,
             access_log: "off".to_string(),
             access_log_sample_2xx: 1.0,
+            audit_log: None,
         }
     }
 }
@@ -448,6 +455,9 @@ pub struct Config {
     pub plans: Vec<PlanSection>,
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionSection>,
+    /// The admin API; off when absent.
+    pub admin: Option<AdminSection>,
+    pub store: Option<StoreSection>,
     /// Resolved addresses, filled by validation (not part of the file).
     #[serde(skip)]
     pub resolved: Resolved,
@@ -479,6 +489,8 @@ pub struct Resolved {
     pub issuer_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
     /// Consumers and credentials from `[[consumers]]`.
     pub credentials: Arc<crate::auth::index::CredentialIndex>,
+    /// The admin API, when `[admin]` is set.
+    pub admin: Option<AdminSettings>,
 }
 
 /// Collects errors against one source text, turning byte offsets into line numbers.
@@ -580,6 +592,7 @@ impl Config {
         self.validate_auth(p);
         self.validate_access(p);
         self.validate_limit_sections(p);
+        self.validate_admin(p);
     }
 
     /// Rate limits, quotas, IP lists and filters wherever they appear.
@@ -679,6 +692,22 @@ impl Config {
                 let base = self.source_path.parent().unwrap_or(Path::new(""));
                 Some(AccessLogTarget::File(base.join(path)))
             }
+        }
+    }
+
+    /// Where the audit trail's JSONL copy goes (`None`: off, or no admin API).
+    pub fn audit_log_path(&self) -> Option<std::path::PathBuf> {
+        self.admin.as_ref()?;
+        match self.logging.audit_log.as_deref() {
+            Some("off") => None,
+            None => Some(self.data_dir().join("audit.jsonl")),
+            Some(path) if Path::new(path).is_absolute() => Some(path.into()),
+            Some(path) => Some(
+                self.source_path
+                    .parent()
+                    .unwrap_or(Path::new(""))
+                    .join(path),
+            ),
         }
     }
 

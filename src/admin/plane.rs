@@ -1,0 +1,326 @@
+//! The control plane's shared state and its change pipeline. Every admin write goes
+//! store commit (durable, with its audit record) → audit JSONL copy → credential-index delta
+//! published to every core → wait for every core's ack (or the propagation timeout). Writes
+//! are serialized by one lock, so the audit chain, the store and the cores see them in one
+//! order. Reloads (SIGHUP or `POST /v1/reload`) run under the same lock.
+
+use crate::auth::index::CredentialIndex;
+use crate::auth::service::{AuthService, Propagation};
+use crate::config::{AdminSettings, Config, ConfigError};
+use crate::runtime::channel::ControlSender;
+use crate::runtime::ControlMsg;
+use crate::snapshot::Snapshot;
+use crate::store::audit::{AuditEntry, AuditRecord};
+use crate::store::{Store, StoreError, Write};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How long a reload waits for every core to switch to the new snapshot.
+const RELOAD_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a change did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Stored, but not every core confirmed in time.
+    #[error("{applied} of {cores} cores confirmed the change in time")]
+    PropagationTimeout { applied: usize, cores: usize },
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("invalid configuration")]
+    Invalid(Vec<String>),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The control plane's state, behind [`ControlPlane::lock`].
+pub struct PlaneState {
+    pub config: Config,
+    pub store: Option<Box<dyn Store>>,
+    audit_log: Option<AuditFile>,
+    cores: Vec<ControlSender>,
+    stopping: bool,
+}
+
+/// The audit trail's JSONL copy (appended after each commit).
+struct AuditFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl AuditFile {
+    fn open(path: PathBuf) -> std::io::Result<AuditFile> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        Ok(AuditFile { path, file })
+    }
+
+    fn append(&mut self, record: &AuditRecord) {
+        let mut line = record.to_json().to_string();
+        line.push('\n');
+        if let Err(error) = self.file.write_all(line.as_bytes()) {
+            tracing::error!(path = %self.path.display(), %error, "cannot append to the audit log");
+        }
+    }
+
+    fn reopen(&mut self) {
+        match AuditFile::open(self.path.clone()) {
+            Ok(fresh) => *self = fresh,
+            Err(error) => {
+                tracing::error!(path = %self.path.display(), %error, "cannot reopen the audit log")
+            }
+        }
+    }
+}
+
+/// The control plane, shared by the admin API and the signal loop.
+pub struct ControlPlane {
+    state: Mutex<PlaneState>,
+    /// The admin settings (tokens, limits) apart from the state lock, so authenticating a
+    /// request never waits for a write in progress.
+    settings: Mutex<Option<AdminSettings>>,
+    pub auth: Arc<AuthService>,
+}
+
+/// The credential index every core should serve: the config's, with the store laid over it.
+pub fn credentials_for(
+    config: &Config,
+    store: Option<&mut Box<dyn Store>>,
+) -> Result<Arc<CredentialIndex>, StoreError> {
+    let Some(store) = store else {
+        return Ok(config.resolved.credentials.clone());
+    };
+    let started = std::time::Instant::now();
+    let contents = store.load(crate::auth::unix_now())?;
+    let mut index = (*config.resolved.credentials).clone();
+    for warning in crate::store::index::lay_over(&mut index, &contents) {
+        tracing::warn!(%warning, "store");
+    }
+    tracing::info!(
+        consumers = contents.consumers.len(),
+        credentials = contents.credentials.len(),
+        subscriptions = contents.subscriptions.len(),
+        jwt_revocations = contents.jwt_revocations.len(),
+        load_ms = started.elapsed().as_millis() as u64,
+        "store loaded"
+    );
+    Ok(Arc::new(index))
+}
+
+fn micros_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+impl ControlPlane {
+    pub fn new(
+        config: Config,
+        store: Option<Box<dyn Store>>,
+        auth: Arc<AuthService>,
+        cores: Vec<ControlSender>,
+    ) -> std::io::Result<ControlPlane> {
+        let audit_log = match config.audit_log_path() {
+            Some(path) => Some(AuditFile::open(path)?),
+            None => None,
+        };
+        Ok(ControlPlane {
+            settings: Mutex::new(config.resolved.admin.clone()),
+            state: Mutex::new(PlaneState {
+                config,
+                store,
+                audit_log,
+                cores,
+                stopping: false,
+            }),
+            auth,
+        })
+    }
+
+    /// The state, locked (one writer at a time; reads take it briefly).
+    pub fn lock(&self) -> MutexGuard<'_, PlaneState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The admin settings now in force.
+    pub fn settings(&self) -> Option<AdminSettings> {
+        self.settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Refuses further writes (the gateway is draining).
+    pub fn stop(&self) {
+        self.lock().stopping = true;
+    }
+
+    /// Reopens the audit JSONL file (SIGUSR1).
+    pub fn reopen_audit_log(&self) {
+        if let Some(file) = &mut self.lock().audit_log {
+            file.reopen();
+        }
+    }
+
+    /// Commits `writes` with their audit `entry`, then publishes them to every core and waits
+    /// for every ack (or `timeout`). The caller holds the lock from validation to here.
+    pub fn change(
+        &self,
+        state: &mut PlaneState,
+        writes: Vec<Write>,
+        entry: AuditEntry,
+    ) -> Result<Propagation, ChangeError> {
+        if state.stopping {
+            return Err(ChangeError::ShuttingDown);
+        }
+        let timeout = state
+            .config
+            .resolved
+            .admin
+            .as_ref()
+            .map_or(Duration::from_secs(2), |a| a.propagation_timeout);
+        let store = state
+            .store
+            .as_mut()
+            .ok_or_else(|| StoreError::Engine("no store is open".into()))?;
+        let record = store.commit(&writes, entry)?;
+        if let Some(file) = &mut state.audit_log {
+            file.append(&record);
+        }
+        let propagation = self.auth.change_credentials(
+            |index| {
+                for write in &writes {
+                    if let Err(error) = crate::store::index::apply(index, write) {
+                        tracing::warn!(%error, "store write not applied to the credential index");
+                    }
+                }
+            },
+            timeout,
+        );
+        if !propagation.complete() {
+            return Err(ChangeError::PropagationTimeout {
+                applied: propagation.applied,
+                cores: propagation.cores,
+            });
+        }
+        Ok(propagation)
+    }
+
+    /// An audit entry stamped now.
+    pub fn entry(
+        actor: &str,
+        action: &str,
+        object: String,
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+    ) -> AuditEntry {
+        AuditEntry {
+            ts_us: micros_now(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            object,
+            before,
+            after,
+        }
+    }
+
+    /// Re-reads the config file and, when it is valid and keeps the same listener addresses,
+    /// hands the new snapshot (and credentials: the config's with the store laid over them) to
+    /// every core. Connections stay open; each serves its next request from the new snapshot.
+    pub fn reload(&self) -> Result<u64, ReloadError> {
+        let mut state = self.lock();
+        let path = state.config.source_path.clone();
+        tracing::info!(config = %path.display(), "reloading configuration");
+        let config = match Config::load(&path) {
+            Ok(config) => config,
+            Err(errors) => {
+                for error in &errors {
+                    tracing::error!(error = %error, "reload refused: invalid configuration");
+                }
+                return Err(ReloadError::Invalid(
+                    errors.iter().map(ConfigError::to_string).collect(),
+                ));
+            }
+        };
+        for warning in &config.warnings {
+            tracing::warn!(%warning, "configuration warning");
+        }
+        let current = &state.config;
+        if config.resolved.listeners != current.resolved.listeners {
+            let message = "listener addresses changed (restart to apply)";
+            tracing::error!("reload refused: {message}");
+            return Err(ReloadError::Refused(message.into()));
+        }
+        if config.gateway.workers != current.gateway.workers
+            || config.gateway.pin != current.gateway.pin
+            || config.logging.level != current.logging.level
+            || config.logging.format != current.logging.format
+            || config.logging.access_log != current.logging.access_log
+            || config.logging.access_log_sample_2xx != current.logging.access_log_sample_2xx
+            || config.logging.audit_log != current.logging.audit_log
+            || config.store_path() != current.store_path()
+            || config.resolved.admin.as_ref().map(|a| a.address)
+                != current.resolved.admin.as_ref().map(|a| a.address)
+        {
+            tracing::warn!(
+                "[gateway], [logging], [store] and admin.address changes take effect on restart only"
+            );
+        }
+        let credentials = credentials_for(&config, state.store.as_mut())
+            .map_err(|e| ReloadError::Refused(e.to_string()))?;
+        let snapshot = Arc::new(Snapshot::compile(&config));
+        let cores = &state.cores;
+        let mut confirmed = Vec::new();
+        self.auth.reload(&config, credentials, |auth_state| {
+            let (ack, acks) = crossbeam_channel::unbounded();
+            for core in cores {
+                core.send(ControlMsg::Adopt(
+                    snapshot.clone(),
+                    auth_state.clone(),
+                    ack.clone(),
+                ));
+            }
+            let deadline = std::time::Instant::now() + RELOAD_ACK_TIMEOUT;
+            while confirmed.len() < cores.len() {
+                match acks.recv_deadline(deadline) {
+                    Ok(core) => confirmed.push(core),
+                    Err(_) => break,
+                }
+            }
+            confirmed.clone()
+        });
+        if confirmed.len() < cores.len() {
+            tracing::warn!(
+                applied = confirmed.len(),
+                cores = cores.len(),
+                "reload: not every core confirmed the new configuration in time"
+            );
+        } else {
+            tracing::info!(cores = confirmed.len(), "configuration reloaded");
+        }
+        crate::control::log_certificates(&snapshot);
+        crate::control::log_credentials(&config);
+        // Admin tokens and the propagation timeout apply at once.
+        *self
+            .settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = config.resolved.admin.clone();
+        state.config = config;
+        Ok(self.auth.propagation_status().epoch)
+    }
+}
