@@ -1,5 +1,6 @@
 //! `credentialflow demo`: the gateway on `config/demo.toml` plus a small built-in upstream that
-//! answers every request with what it received (method, path, headers, body size) as JSON.
+//! answers every request with what it received (method, path, headers, body size) as JSON, and
+//! the admin API on 127.0.0.1:9901 with a fresh admin token and store per run.
 
 use crate::config::Config;
 use crate::control::{report_config_errors, serve};
@@ -28,6 +29,18 @@ pub fn run(config_path: &Path) -> i32 {
             eprintln!("demo: cannot make demo credentials: {err}");
             return 1;
         }
+    };
+    // The audit trail's copy goes beside the demo's store (a fresh one per run).
+    let audit_line = format!(
+        "audit_log = {}",
+        json_string(&credentials.dir.join("audit.jsonl").display().to_string())
+    );
+    let source = match source.find("[logging]\n") {
+        Some(at) => {
+            let after = at + "[logging]\n".len();
+            format!("{}{audit_line}\n{}", &source[..after], &source[after..])
+        }
+        None => format!("{source}\n[logging]\n{audit_line}\n"),
     };
     let source = format!("{source}\n{}", credentials.toml);
     let config = match Config::parse(&name, &source) {
@@ -59,6 +72,7 @@ pub fn run(config_path: &Path) -> i32 {
         .spawn(move || serve_echo(listener))
         .expect("spawn demo upstream");
     let access_log = config.access_log_target();
+    let admin_address = config.resolved.admin.as_ref().map(|a| a.address);
     serve(config, |snapshot| {
         let address = snapshot.listeners[0].address;
         println!("Credentialflow demo is up: gateway on http://{address}, demo upstream on http://{upstream_address}");
@@ -86,6 +100,19 @@ pub fn run(config_path: &Path) -> i32 {
             "  curl -i -H 'X-API-Key: {}' http://{address}/orders/admin   # 403 insufficient_scope",
             credentials.api_key
         );
+        if let Some(admin) = &admin_address {
+            let token = &credentials.admin_token;
+            let auth = format!("-H 'Authorization: Bearer {token}'");
+            println!("Admin API on http://{admin} (admin token for this run: {token}):");
+            println!(
+                "  curl -s -X POST {auth} -d '{{\"id\":\"my-app\"}}' http://{admin}/v1/consumers"
+            );
+            println!("  curl -s -X POST {auth} -d '{{\"kind\":\"api_key\"}}' http://{admin}/v1/consumers/my-app/credentials   # {{\"id\": ID, \"key\": KEY, …}}");
+            println!("  curl -i -H 'X-API-Key: KEY' http://{address}/orders/1   # 200");
+            println!("  curl -s -X POST {auth} http://{admin}/v1/credentials/ID/revoke   # answered once every core applied it");
+            println!("  curl -i -H 'X-API-Key: KEY' http://{address}/orders/1   # 401 revoked");
+            println!("  curl -s {auth} http://{admin}/v1/audit   # who did what, hash-chained");
+        }
         match &access_log {
             Some(target) => println!("Access log (one JSON line per request): {target}"),
             None => println!("Access log: off"),
@@ -94,11 +121,14 @@ pub fn run(config_path: &Path) -> i32 {
     })
 }
 
-/// Credentials made for one demo run: a pepper, an API key, an ES256 issuer and a token.
+/// Credentials made for one demo run: a pepper, an API key, an ES256 issuer and a token, and
+/// an admin token for the admin API (its store lives in `dir`).
 struct DemoCredentials {
     toml: String,
     api_key: String,
     token: String,
+    admin_token: String,
+    dir: std::path::PathBuf,
 }
 
 fn demo_credentials() -> Result<DemoCredentials, String> {
@@ -127,6 +157,7 @@ fn demo_credentials() -> Result<DemoCredentials, String> {
         "email": "demo@example.com", "iat": now, "exp": now + 24 * 3600,
     });
     let token = key.mint(Algorithm::ES256, Some("demo-1"), &claims)?;
+    let (admin_token, admin_hash) = crate::admin::tokens::generate();
     let toml = format!(
         r#"
 [auth]
@@ -145,15 +176,29 @@ id = "demo-app"
 kind = "api_key"
 id = "{id}"
 hash = "{hash}"
+
+[admin]
+address = "127.0.0.1:9901"
+[[admin.tokens]]
+name = "demo-admin"
+role = "admin"
+hash = "{admin_hash}"
+
+[store]
+path = {store}
 "#,
         pepper = json_string(&pepper_file.display().to_string()),
         jwks = json_string(&jwks_file.display().to_string()),
         id = issued.id,
+        admin_hash = admin_hash.hex(),
+        store = json_string(&dir.join("store.db").display().to_string()),
     );
     Ok(DemoCredentials {
         toml,
         api_key: issued.key,
         token,
+        admin_token,
+        dir,
     })
 }
 

@@ -76,6 +76,50 @@ impl AuditFile {
         }
     }
 
+    /// Brings the copy in line with the store after a crash: a torn last line is cut off and
+    /// the records committed after the copy's last one are appended, so the copy stays a
+    /// gap-free prefix of the chain.
+    fn catch_up(&mut self, store: &dyn Store) -> Result<usize, String> {
+        let text = std::fs::read(&self.path).map_err(|e| e.to_string())?;
+        let whole = match text.iter().rposition(|&b| b == b'\n') {
+            Some(at) => at + 1,
+            None => 0,
+        };
+        if whole < text.len() {
+            tracing::warn!(path = %self.path.display(), bytes = text.len() - whole, "audit log: cutting off a torn last line");
+            self.file.set_len(whole as u64).map_err(|e| e.to_string())?;
+        }
+        let last_seq = String::from_utf8_lossy(&text[..whole])
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v["seq"].as_u64())
+                    .ok_or_else(|| "its last line is not an audit record".to_string())
+            })
+            .transpose()?
+            .unwrap_or(0);
+        let mut appended = 0;
+        let mut after = last_seq;
+        loop {
+            let query = crate::store::AuditQuery {
+                after_seq: Some(after),
+                limit: 1000,
+                ..Default::default()
+            };
+            let records = store.audit(&query).map_err(|e| e.to_string())?;
+            let Some(last) = records.last() else { break };
+            after = last.seq;
+            for record in &records {
+                self.append(record);
+            }
+            appended += records.len();
+        }
+        Ok(appended)
+    }
+
     fn reopen(&mut self) {
         match AuditFile::open(self.path.clone()) {
             Ok(fresh) => *self = fresh,
@@ -134,7 +178,21 @@ impl ControlPlane {
         cores: Vec<ControlSender>,
     ) -> std::io::Result<ControlPlane> {
         let audit_log = match config.audit_log_path() {
-            Some(path) => Some(AuditFile::open(path)?),
+            Some(path) => {
+                let mut file = AuditFile::open(path)?;
+                if let Some(store) = store.as_deref() {
+                    match file.catch_up(store) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::warn!(path = %file.path.display(), records = n, "audit log: copied records the last run committed but did not copy")
+                        }
+                        Err(error) => {
+                            tracing::error!(path = %file.path.display(), %error, "audit log: cannot bring the copy in line with the store")
+                        }
+                    }
+                }
+                Some(file)
+            }
             None => None,
         };
         Ok(ControlPlane {

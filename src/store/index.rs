@@ -107,9 +107,23 @@ pub fn lay_over(index: &mut CredentialIndex, contents: &StoreContents) -> Vec<St
     }
     let mut lookup = String::new();
     for record in &contents.credentials {
-        let Some(owner) = index.consumer(&record.consumer).cloned() else {
-            // A deleted consumer's credentials are all revoked: nothing can use them.
-            continue;
+        let owner = match index.consumer(&record.consumer) {
+            Some(owner) => owner.clone(),
+            // A deleted consumer's credentials are all revoked: they stay in the index (with a
+            // bare consumer) so they keep being refused as `revoked`.
+            None if record.revoked_at.is_some() => Arc::new(Consumer {
+                id: record.consumer.as_str().into(),
+                tenant: crate::auth::index::DEFAULT_TENANT.into(),
+                groups: Box::new([]),
+                metadata: Box::new([]),
+            }),
+            None => {
+                warnings.push(format!(
+                    "store credential {} left out: its consumer {} does not exist",
+                    record.id, record.consumer
+                ));
+                continue;
+            }
         };
         match credential(record, owner) {
             Ok(entry) => {
