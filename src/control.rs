@@ -195,6 +195,7 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
             }
         },
     };
+    let connections = limits.connections.clone();
     let started = start_workers(
         snapshot.clone(),
         (auth.state(), auth.links()),
@@ -223,7 +224,7 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
     log_certificates(&snapshot);
     let drain_timeout = config.gateway.drain_timeout.0;
     let admin = config.resolved.admin.clone();
-    let plane = match ControlPlane::new(config, store, auth.clone(), senders()) {
+    let plane = match ControlPlane::new(config, store, auth.clone(), senders(), connections) {
         Ok(plane) => Arc::new(plane),
         Err(err) => {
             tracing::error!(error = %err, "cannot open the audit log");

@@ -1327,6 +1327,74 @@ fn a_crash_between_commit_and_the_jsonl_append_keeps_the_copy_verifiable() {
     assert_eq!(copy.lines().count(), 3, "{copy}");
 }
 
+/// Admin writes (consumers, keys, revocations: each one a new credential state on every core,
+/// emptying the cores' verified-credential caches) while proxied traffic runs on keep-alive
+/// connections over both cores: not one proxied request fails, and every write is acknowledged.
+#[test]
+fn an_admin_write_storm_during_proxy_load_fails_no_proxied_request() {
+    let f = Fixture::start(Setup::keys());
+    f.create_consumer("steady");
+    let (_, key) = f.new_key("steady");
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = f.port();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            let key = key.clone();
+            thread::spawn(move || {
+                let raw =
+                    format!("GET /orders HTTP/1.1\r\nHost: localhost\r\nX-API-Key: {key}\r\n\r\n");
+                let (mut served, mut failed) = (0u64, Vec::new());
+                let mut client = Client::connect(port);
+                while !stop.load(Ordering::Relaxed) {
+                    match client
+                        .try_send(raw.as_bytes())
+                        .and_then(|_| client.try_read_response())
+                    {
+                        Ok(response) if response.status == 200 => served += 1,
+                        Ok(response) => {
+                            failed.push(format!("{} {}", response.status, response.body_str()))
+                        }
+                        Err(error) => {
+                            failed.push(error.to_string());
+                            client = Client::connect(port);
+                        }
+                    }
+                }
+                (served, failed)
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    let mut writes = 0;
+    for i in 0..40 {
+        let consumer = format!("storm-{i}");
+        f.create_consumer(&consumer);
+        let (id, _) = f.new_key(&consumer);
+        let reply = f.call("POST", &format!("/v1/credentials/{id}/revoke"), None);
+        propagated(expect(&reply, 200));
+        writes += 3;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut served = 0;
+    for client in clients {
+        let (n, failed) = client.join().expect("client thread");
+        assert!(failed.is_empty(), "proxied requests failed: {failed:?}");
+        served += n;
+    }
+    assert_eq!(writes, 120);
+    assert!(
+        served > 100,
+        "too little traffic to mean anything: {served}"
+    );
+    let status = f.call("GET", "/v1/status", None);
+    let status = expect(&status, 200);
+    let version = status["version"].as_u64().expect("version");
+    for core in status["cores"].as_array().expect("cores") {
+        assert_eq!(core["version"].as_u64(), Some(version), "{status}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Status and reload
 // ---------------------------------------------------------------------------
@@ -1455,4 +1523,191 @@ fn the_openapi_document_is_served_and_matches_the_routes() {
         }
     }
     assert!(f.audit("").is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Metrics (/metrics on the admin listener)
+// ---------------------------------------------------------------------------
+
+/// `GET /metrics` with `token` (when given): status and body.
+fn scrape(port: u16, token: Option<&str>) -> (u16, String, Option<String>) {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let raw =
+        format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    let response = request(port, raw.as_bytes());
+    let content_type = response.header("content-type").map(str::to_string);
+    (response.status, response.body_str(), content_type)
+}
+
+/// The sum of every sample of `name` whose labels include all of `with` (`key="value"`).
+fn sample_sum(text: &str, name: &str, with: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && with.iter().all(|w| labels.contains(w)))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+#[test]
+fn metrics_count_every_request_exactly_and_parse_as_prometheus_text() {
+    let f = Fixture::start(Setup::keys());
+    f.create_consumer("metered");
+    let (_, key) = f.new_key("metered");
+    let (status, _, _) = scrape(f.admin, None);
+    assert_eq!(status, 401, "/metrics needs an admin token");
+    for i in 0..7 {
+        let response = get_with(
+            f.port(),
+            &format!("/orders/secret-path-{i}?q=x"),
+            &[("X-API-Key", &key)],
+        );
+        assert_eq!(response.status, 200, "{}", response.body_str());
+    }
+    for _ in 0..3 {
+        assert_eq!(get(f.port(), "/orders").status, 401);
+    }
+    for _ in 0..2 {
+        let bad = get_with(
+            f.port(),
+            "/orders",
+            &[("X-API-Key", "cf_nosuchkey_0123456789abcdefghij")],
+        );
+        assert_eq!(bad.status, 401);
+    }
+    let (status, text, content_type) = scrape(f.admin, Some(&tokens().auditor));
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        content_type.as_deref(),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+
+    // Counters equal the requests sent, whichever core served them.
+    assert_eq!(
+        sample_sum(
+            &text,
+            "credentialflow_requests_total",
+            &["status_class=\"2xx\""]
+        ),
+        7.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample_sum(
+            &text,
+            "credentialflow_requests_total",
+            &["status_class=\"4xx\""]
+        ),
+        5.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample_sum(
+            &text,
+            "credentialflow_requests_total",
+            &["status_class=\"5xx\""]
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample_sum(
+            &text,
+            "credentialflow_auth_failures_total",
+            &["api=\"demo\"", "reason=\"missing_credential\""]
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample_sum(
+            &text,
+            "credentialflow_auth_failures_total",
+            &["reason=\"invalid_credential\""]
+        ),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample_sum(&text, "credentialflow_access_denied_total", &[]),
+        0.0
+    );
+
+    // Histogram counts agree with the counters; buckets are cumulative.
+    assert_eq!(
+        sample_sum(&text, "credentialflow_request_duration_seconds_count", &[]),
+        12.0
+    );
+    assert_eq!(
+        sample_sum(
+            &text,
+            "credentialflow_request_duration_seconds_bucket",
+            &["le=\"+Inf\""]
+        ),
+        12.0
+    );
+    let mut previous = 0.0;
+    for le in ["0.0005", "0.001", "0.005", "0.05", "0.5", "5", "10", "+Inf"] {
+        let n = sample_sum(
+            &text,
+            "credentialflow_request_duration_seconds_bucket",
+            &[&format!("le=\"{le}\"")],
+        );
+        assert!(
+            n >= previous,
+            "bucket le={le} ({n}) below the one before ({previous})"
+        );
+        previous = n;
+    }
+    assert_eq!(
+        sample_sum(&text, "credentialflow_upstream_duration_seconds_count", &[]),
+        7.0,
+        "{text}"
+    );
+
+    // Every core reports the credential-state version the status shows.
+    let status = f.call("GET", "/v1/status", None);
+    let version = expect(&status, 200)["version"].as_u64().expect("version") as f64;
+    for core in ["0", "1"] {
+        assert_eq!(
+            sample_sum(
+                &text,
+                "credentialflow_snapshot_version",
+                &[&format!("core=\"{core}\"")]
+            ),
+            version
+        );
+    }
+
+    // Label values come from the config, never from the request or the credential.
+    assert!(!text.contains("secret-path"), "a raw path became a label");
+    assert!(
+        !text.contains(&key) && !text.contains("metered"),
+        "a credential or consumer became a label"
+    );
+
+    // A real Prometheus text parser accepts the whole exposition.
+    let dump = TempFile::new(&text, "prom");
+    let parsed = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families\n\
+             families = list(text_string_to_metric_families(open(sys.argv[1]).read()))\n\
+             print(len(families))",
+        )
+        .arg(&dump.path)
+        .output()
+        .expect("run python3 (the CI installs prometheus_client)");
+    assert!(
+        parsed.status.success(),
+        "prometheus_client refused the exposition: {}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let families: usize = String::from_utf8_lossy(&parsed.stdout)
+        .trim()
+        .parse()
+        .expect("count");
+    assert!(families >= 15, "{families} metric families");
 }

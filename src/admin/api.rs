@@ -444,6 +444,7 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         ["v1", "subscriptions", _, "approve" | "reject" | "revoke"] => "POST",
         ["v1", "audit"] | ["v1", "status"] | ["v1", "openapi.json"] => "GET",
         ["v1", "reload"] => "POST",
+        ["metrics"] => "GET",
         _ => return None,
     })
 }
@@ -469,15 +470,18 @@ impl Api {
             None => Err(AdminError::Unauthorized),
         };
         let response = match result {
-            Ok((status, body)) if request.path == "/v1/openapi.json" && status == 200 => {
-                let _ = body;
-                AdminResponse {
-                    status,
-                    content_type: "application/json",
-                    body: OPENAPI.as_bytes().to_vec(),
-                    extra: Vec::new(),
-                }
-            }
+            Ok((200, _)) if request.path == "/v1/openapi.json" => AdminResponse {
+                status: 200,
+                content_type: "application/json",
+                body: OPENAPI.as_bytes().to_vec(),
+                extra: Vec::new(),
+            },
+            Ok((200, _)) if request.path == "/metrics" => AdminResponse {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: self.plane.scrape().into_bytes(),
+                extra: Vec::new(),
+            },
             Ok((status, body)) => AdminResponse::json(status, &body),
             Err(error) => error.response(),
         };
@@ -563,6 +567,7 @@ impl Api {
                 self.reload()
             }
             ("GET", ["v1", "openapi.json"]) => Ok((200, Value::Null)),
+            ("GET", ["metrics"]) => Ok((200, Value::Null)),
             (_, segments) => match allowed_methods(segments) {
                 Some(allow) => Err(AdminError::MethodNotAllowed(allow)),
                 None => Err(AdminError::NotFound(format!("path {}", request.path))),

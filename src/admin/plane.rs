@@ -7,6 +7,8 @@
 use crate::auth::index::CredentialIndex;
 use crate::auth::service::{AuthService, Propagation};
 use crate::config::{AdminSettings, Config, ConfigError};
+use crate::filter::connections::ConnectionCounts;
+use crate::observe::exposition::ControlFacts;
 use crate::runtime::channel::ControlSender;
 use crate::runtime::ControlMsg;
 use crate::snapshot::Snapshot;
@@ -16,6 +18,9 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+/// How long a scrape waits for the cores' metrics.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a reload waits for every core to switch to the new snapshot.
 const RELOAD_ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -133,6 +138,8 @@ impl AuditFile {
 /// The control plane, shared by the admin API and the signal loop.
 pub struct ControlPlane {
     state: Mutex<PlaneState>,
+    /// Open connections per listener (for `/metrics`).
+    connections: Arc<ConnectionCounts>,
     /// The admin settings (tokens, limits) apart from the state lock, so authenticating a
     /// request never waits for a write in progress.
     settings: Mutex<Option<AdminSettings>>,
@@ -176,6 +183,7 @@ impl ControlPlane {
         store: Option<Box<dyn Store>>,
         auth: Arc<AuthService>,
         cores: Vec<ControlSender>,
+        connections: Arc<ConnectionCounts>,
     ) -> std::io::Result<ControlPlane> {
         let audit_log = match config.audit_log_path() {
             Some(path) => {
@@ -196,6 +204,7 @@ impl ControlPlane {
             None => None,
         };
         Ok(ControlPlane {
+            connections,
             settings: Mutex::new(config.resolved.admin.clone()),
             state: Mutex::new(PlaneState {
                 config,
@@ -221,6 +230,54 @@ impl ControlPlane {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// Every core's metrics plus the control side's own, in the Prometheus text format. A core
+    /// that does not answer within a second is left out of this scrape (and logged).
+    pub fn scrape(&self) -> String {
+        let (reply, replies) = crossbeam_channel::unbounded();
+        let (sent, listeners) = {
+            let state = self.lock();
+            let sent = state
+                .cores
+                .iter()
+                .filter(|core| core.send(ControlMsg::Metrics(reply.clone())))
+                .count();
+            let listeners: Vec<String> = state
+                .config
+                .listeners
+                .iter()
+                .map(|l| l.name.get_ref().clone())
+                .collect();
+            (sent, listeners)
+        };
+        drop(reply);
+        let deadline = std::time::Instant::now() + SCRAPE_TIMEOUT;
+        let mut reports = Vec::with_capacity(sent);
+        while reports.len() < sent {
+            match replies.recv_deadline(deadline) {
+                Ok(report) => reports.push(report),
+                Err(_) => break,
+            }
+        }
+        if reports.len() < sent {
+            tracing::warn!(
+                answered = reports.len(),
+                cores = sent,
+                "metrics: not every core answered the scrape in time"
+            );
+        }
+        let facts = ControlFacts {
+            connections: listeners
+                .into_iter()
+                .enumerate()
+                .map(|(at, name)| (name, u64::from(self.connections.open(at))))
+                .collect(),
+            core_versions: self.auth.propagation_status().confirmed,
+            jwks: self.auth.jwks_stats(),
+            process_log_dropped: crate::observe::dropped_lines(),
+        };
+        crate::observe::exposition::render(&reports, &facts)
     }
 
     /// Refuses further writes (the gateway is draining).

@@ -56,6 +56,26 @@ struct Published {
     /// Per core: the last epoch it confirmed.
     confirmed: Vec<u64>,
     last: Option<Propagation>,
+    /// Per issuer name: JWKS fetches and when its keys were last loaded.
+    jwks: std::collections::BTreeMap<String, JwksCounts>,
+}
+
+/// One issuer's key loads, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+struct JwksCounts {
+    ok: u64,
+    failed: u64,
+    loaded: Option<Instant>,
+}
+
+/// Marks the keys of issuers read from a `jwks_file` as loaded now.
+fn note_file_keys(jwks: &mut std::collections::BTreeMap<String, JwksCounts>, config: &Config) {
+    for (issuer, keys) in config.issuers.iter().zip(&config.resolved.issuer_keys) {
+        let counts = jwks.entry(issuer.name.get_ref().clone()).or_default();
+        if keys.is_some() {
+            counts.loaded = Some(Instant::now());
+        }
+    }
 }
 
 /// How one change reached the cores.
@@ -216,7 +236,9 @@ impl AuthService {
             cores: Vec::new(),
             confirmed: Vec::new(),
             last: None,
+            jwks: Default::default(),
         }));
+        note_file_keys(&mut shared.lock().expect("auth state lock").jwks, config);
         let (refetch, requests) = crossbeam_channel::bounded(1024);
         AuthService {
             shared,
@@ -279,6 +301,21 @@ impl AuthService {
         )
     }
 
+    /// JWKS fetch counts and key ages per issuer.
+    pub fn jwks_stats(&self) -> Vec<crate::observe::exposition::JwksStat> {
+        let shared = self.shared.lock().expect("auth state lock");
+        shared
+            .jwks
+            .iter()
+            .map(|(issuer, c)| crate::observe::exposition::JwksStat {
+                issuer: issuer.clone(),
+                ok: c.ok,
+                failed: c.failed,
+                keys_age_s: c.loaded.map(|at| at.elapsed().as_secs_f64()),
+            })
+            .collect()
+    }
+
     /// Epochs per core and the last propagation.
     pub fn propagation_status(&self) -> PropagationStatus {
         let shared = self.shared.lock().expect("auth state lock");
@@ -303,6 +340,7 @@ impl AuthService {
         next.epoch = shared.state.epoch + 1;
         shared.state = Arc::new(next);
         shared.sources = sources(config);
+        note_file_keys(&mut shared.jwks, config);
         let epoch = shared.state.epoch;
         for core in apply(shared.state.clone()) {
             shared.confirm(core, epoch);
@@ -384,6 +422,17 @@ fn fetch_and_publish(shared: &Arc<Mutex<Published>>, schedule: &mut Schedule) {
             .map(|keys| (keys, fetched))
             .map_err(|e| e.to_string())
     });
+    {
+        let mut published = shared.lock().expect("auth state lock");
+        let counts = published.jwks.entry(source.name.clone()).or_default();
+        match &fetched {
+            Ok(_) => {
+                counts.ok += 1;
+                counts.loaded = Some(now);
+            }
+            Err(_) => counts.failed += 1,
+        }
+    }
     match fetched {
         Ok((keys, fetched)) => {
             if schedule.failures_in_row > 0 {

@@ -11,6 +11,8 @@
 
 pub mod access;
 pub mod access_writer;
+pub mod exposition;
+pub mod metrics;
 
 use crate::config::LogFormat;
 use crossbeam_channel::{Receiver, Sender, TrySendError};

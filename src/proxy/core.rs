@@ -161,6 +161,8 @@ pub struct Core {
     pub filter_scratch: RefCell<Vec<u8>>,
     /// This core's access-log batch (`None`: the access log is off).
     pub access_log: Option<CoreAccessLog>,
+    /// Request counters and latency histograms (read at scrape time).
+    pub metrics: crate::observe::metrics::CoreMetrics,
     /// Buffers connections take when bytes arrive and give back when an exchange ends.
     pub buffers: BufferPool,
 }
@@ -232,6 +234,7 @@ impl Core {
             connections,
             filter_scratch: RefCell::new(Vec::new()),
             access_log,
+            metrics: Default::default(),
             buffers: BufferPool::default(),
         }
     }
@@ -239,10 +242,30 @@ impl Core {
     /// Logs a finished request (when the access log is on) and clears the record for the
     /// connection's next request.
     pub fn log_access(&self, record: &mut AccessRecord, snapshot: &Snapshot) {
+        let duration_us = record
+            .start
+            .map_or(0, |start| crate::observe::access::micros(start.elapsed()));
+        self.metrics.observe(record, snapshot, duration_us);
         if let Some(log) = &self.access_log {
             log.record(record, snapshot);
         }
         record.clear();
+    }
+
+    /// This core's metrics now (for a scrape).
+    pub fn metrics_report(&self) -> crate::observe::metrics::MetricsReport {
+        let generation = self.current();
+        let mut report = self.metrics.report(&generation.snapshot);
+        for cache in &generation.token_caches {
+            let cache = cache.borrow();
+            report.token_cache_hits += cache.stats.hits;
+            report.token_cache_misses += cache.stats.misses;
+        }
+        report.tls_handshakes = self.counters.tls_handshakes.get();
+        report.tls_resumed = self.counters.tls_resumed.get();
+        report.tls_failures = self.counters.tls_failures.get();
+        report.log_records_dropped = self.access_log.as_ref().map_or(0, |log| log.dropped());
+        report
     }
 
     /// The generation new requests are served from.

@@ -40,6 +40,8 @@ pub enum ControlMsg {
     /// Shutting down: give every unused lease back to its owner core, then ack (sent to every
     /// core before `Drain`, so each owner counts the returns before it saves its quotas).
     ReturnLeases(Sender<usize>),
+    /// A scrape: send a copy of the core's metrics.
+    Metrics(Sender<crate::observe::metrics::MetricsReport>),
 }
 
 /// Why the workers could not start.
@@ -459,6 +461,9 @@ async fn worker_main(core: Rc<Core>, control: ControlReceiver, ready: Ready) {
             Incoming::Control(ControlMsg::Auth(auth, ack)) => {
                 core.auth.adopt(auth);
                 let _ = ack.send(core.id);
+            }
+            Incoming::Control(ControlMsg::Metrics(reply)) => {
+                let _ = reply.send(core.metrics_report());
             }
             Incoming::Control(ControlMsg::ReturnLeases(ack)) => {
                 core.limits.return_leases();
