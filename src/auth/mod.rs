@@ -377,8 +377,10 @@ impl CoreAuth {
     }
 
     /// Makes `state` current (new keys or credentials).
-    pub fn adopt(&self, state: Arc<AuthState>) {
-        *self.state.borrow_mut() = state;
+    /// Makes `state` current and returns the one it replaces, so the caller can acknowledge
+    /// before dropping it (the last holder of an old index frees the shards it no longer shares).
+    pub fn adopt(&self, state: Arc<AuthState>) -> Arc<AuthState> {
+        std::mem::replace(&mut *self.state.borrow_mut(), state)
     }
 
     pub fn epoch(&self) -> u64 {

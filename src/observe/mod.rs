@@ -7,7 +7,8 @@
 //! count is reported when the process stops.
 //!
 //! The access log (one JSON line per request) has its own record, per-core batches and writer
-//! thread: see [`access`] and [`access_writer`].
+//! thread: see [`access`] and [`access_writer`]. Request metrics are counted by each core for
+//! itself ([`metrics`]) and added up when `/metrics` is scraped ([`exposition`]).
 
 pub mod access;
 pub mod access_writer;

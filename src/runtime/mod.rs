@@ -459,8 +459,9 @@ async fn worker_main(core: Rc<Core>, control: ControlReceiver, ready: Ready) {
                 let _ = ack.send(core.id);
             }
             Incoming::Control(ControlMsg::Auth(auth, ack)) => {
-                core.auth.adopt(auth);
+                let old = core.auth.adopt(auth);
                 let _ = ack.send(core.id);
+                drop(old);
             }
             Incoming::Control(ControlMsg::Metrics(reply)) => {
                 let _ = reply.send(core.metrics_report());
