@@ -439,3 +439,95 @@ impl ControlPlane {
         Ok(self.auth.propagation_status().epoch)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::ConsumerRecord;
+
+    fn config(dir: &std::path::Path) -> Config {
+        let text = format!(
+            "[gateway]\ndata_dir = {:?}\n[[listeners]]\nname = \"public\"\naddress = \"127.0.0.1:1\"\n[admin]\naddress = \"127.0.0.1:1\"\npropagation_timeout = \"50ms\"\n",
+            dir.display().to_string()
+        );
+        Config::parse("test.toml", &text).unwrap()
+    }
+
+    fn consumer(id: &str) -> Write {
+        Write::Consumer(ConsumerRecord {
+            id: id.into(),
+            tenant: "default".into(),
+            groups: Vec::new(),
+            metadata: Default::default(),
+            created_at: 1,
+            deleted_at: None,
+        })
+    }
+
+    /// A core that never reads its control channel: the change is stored, but answered as a
+    /// propagation timeout, never as a success.
+    #[test]
+    fn a_core_that_does_not_ack_makes_the_change_a_propagation_timeout() {
+        let dir = std::env::temp_dir().join(format!("cflow-plane-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = config(&dir);
+        let store: Box<dyn Store> = Box::new(SqliteStore::open(&config.store_path()).unwrap());
+        let auth = Arc::new(AuthService::start(
+            &config,
+            config.resolved.credentials.clone(),
+        ));
+        let (stuck, _peer, _receiver) = crate::runtime::channel::control_channel().unwrap();
+        auth.attach(vec![stuck.try_clone().unwrap()]);
+        let plane = ControlPlane::new(
+            config,
+            Some(store),
+            auth.clone(),
+            vec![stuck],
+            ConnectionCounts::new(1),
+        )
+        .unwrap();
+        let mut state = plane.lock();
+        let entry =
+            ControlPlane::entry("ops", "consumer.create", "consumer/late".into(), None, None);
+        let started = std::time::Instant::now();
+        let result = plane.change(&mut state, vec![consumer("late")], entry);
+        assert!(
+            matches!(
+                result,
+                Err(ChangeError::PropagationTimeout {
+                    applied: 0,
+                    cores: 1
+                })
+            ),
+            "{result:?}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        let store = state.store.as_deref().unwrap();
+        assert!(
+            store.consumer("late").unwrap().is_some(),
+            "stored all the same"
+        );
+        assert_eq!(
+            auth.propagation_status().confirmed,
+            vec![1],
+            "the core never confirmed"
+        );
+        drop(state);
+        plane.stop();
+        let mut state = plane.lock();
+        let entry = ControlPlane::entry(
+            "ops",
+            "consumer.create",
+            "consumer/after".into(),
+            None,
+            None,
+        );
+        assert!(matches!(
+            plane.change(&mut state, vec![consumer("after")], entry),
+            Err(ChangeError::ShuttingDown)
+        ));
+        drop(state);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
