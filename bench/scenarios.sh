@@ -215,13 +215,34 @@ $S_CFLOW_TOP"
 
 # `plain` with an access log written to a file: Credentialflow's JSON record per request,
 # nginx's `combined` line (buffered 64 KiB, flushed every second). haproxy logs through syslog
-# only, which this bench does not set up.
+# only, which this bench does not set up. Credentialflow's /metrics is scraped every second
+# (from the load generator's CPU) on its admin listener, as Prometheus would.
 scenario_plain_logged() {
-    S_DESC="GET / as in plain, with every request written to an access log file."
+    S_DESC="GET / as in plain, with every request written to an access log file (and /metrics scraped every second)."
     S_EXPECT_BODY="hello from upstream"
+    S_SETUP=plain_logged_scraper
+    S_CFLOW_TOP="[admin]
+address = \"127.0.0.1:$((PORT_BASE + 9))\"
+[[admin.tokens]]
+name = \"bench\"
+role = \"auditor\"
+hash = \"$(cat "$ASSETS/admin-hash" 2>/dev/null)\"
+[store]
+path = \"$TMP/credentialflow-store.db\""
     S_CFLOW_LOGGING="access_log = \"$TMP/credentialflow-access.jsonl\""
     S_NGINX_ACCESS_LOG="$TMP/nginx-access.log combined buffer=64k flush=1s"
     S_SKIP=("haproxy: logs through syslog only (not set up by this bench)" "direct: the upstream does not log")
+}
+
+# Makes the admin token and scrapes /metrics once a second for the rest of the bench (a refused
+# connection while another peer runs costs nothing).
+plain_logged_scraper() {
+    local made
+    made=$("$CFLOW_BIN" admin token new --role auditor --json)
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])' <<<"$made" >"$ASSETS/admin-hash"
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])' <<<"$made" >"$ASSETS/admin-token"
+    start_pinned "$LOADGEN_CPUS" "$TMP/scraper.log" bash -c \
+        "while :; do curl -s -o /dev/null -H 'Authorization: Bearer $(cat "$ASSETS/admin-token")' http://127.0.0.1:$((PORT_BASE + 9))/metrics; sleep 1; done"
 }
 
 # A per-client-address rate limit high enough never to refuse: the cost of counting every

@@ -106,6 +106,8 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     pub upstreams: Vec<Upstream>,
     pub drain_timeout: Duration,
+    /// What the request path does with `traceparent` / `tracestate`.
+    pub trace_context: crate::observe::trace::TraceMode,
     pub auth: AuthConfig,
     /// Per API (file order): entries of its per-core verified-credential cache.
     pub token_cache_entries: Vec<usize>,
@@ -320,6 +322,7 @@ impl Snapshot {
             routes,
             upstreams,
             drain_timeout: config.gateway.drain_timeout.0,
+            trace_context: config.logging.trace_context,
             auth,
             token_cache_entries: config.apis.iter().map(|a| a.token_cache.entries).collect(),
             plans: config

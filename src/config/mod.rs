@@ -106,6 +106,9 @@ pub struct LoggingSection {
     pub access_log: String,
     /// The fraction of 2xx access records kept (0.0 … 1.0); every other status is kept.
     pub access_log_sample_2xx: f64,
+    /// W3C trace context: `start` (continue a valid `traceparent`, start one otherwise) or
+    /// `forward` (pass the client's fields through untouched).
+    pub trace_context: crate::observe::trace::TraceMode,
     /// The audit trail's JSONL copy: a path (relative to the config file's directory) or `off`;
     /// default `<gateway.data_dir>/audit.jsonl` when the admin API is on.
     pub audit_log: Option<String>,
@@ -119,6 +122,7 @@ impl Default for LoggingSection {
             access_log: "off".to_string(),
             access_log_sample_2xx: 1.0,
             audit_log: None,
+            trace_context: Default::default(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod access;
 pub mod access_writer;
 pub mod exposition;
 pub mod metrics;
+pub mod trace;
 
 use crate::config::LogFormat;
 use crossbeam_channel::{Receiver, Sender, TrySendError};

@@ -144,6 +144,8 @@ pub struct Core {
     /// Client connections this core keeps open at most (its share of the descriptor limit).
     pub connection_budget: usize,
     pub request_ids: RequestIds,
+    /// Span and trace ids for `traceparent`.
+    pub trace_ids: crate::observe::trace::TraceIds,
     pub counters: CoreCounters,
     pub warnings: CoreWarnings,
     /// Credentials and keys this core authenticates from, with its scratch buffers.
@@ -224,6 +226,9 @@ impl Core {
             active_connections: Cell::new(0),
             connection_budget,
             request_ids: RequestIds::new(seed, id),
+            trace_ids: crate::observe::trace::TraceIds::new(
+                seed.rotate_left(29) ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            ),
             counters: CoreCounters::default(),
             warnings: CoreWarnings::default(),
             auth: CoreAuth::new(auth, links),

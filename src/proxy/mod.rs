@@ -26,6 +26,7 @@ use crate::http::{header_slots, BodyFraming};
 use crate::limit::limiter::{Applied, Shown, Throttle};
 use crate::limit::{FailureThrottle, KeyFacts, Verdict};
 use crate::observe::access::{micros, reason_for_status, AccessRecord, Decision};
+use crate::observe::trace::{self, TraceMode};
 use crate::router::{ParamRange, PathPattern, RouteMatch, MAX_PATH_PARAMS};
 use crate::snapshot::Upstream;
 use crate::tls::certificate::ClientIdentity;
@@ -1122,13 +1123,14 @@ fn prepare(
     record.request_id = request_id;
     record.listener = Some(client.listener);
     record.set_target(req.method, req.path());
-    if let Some(traceparent) = req
+    let client_trace = req
         .headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("traceparent"))
-    {
-        record.traceparent.extend_from_slice(traceparent.value);
-    }
+        .map(|h| h.value);
+    record
+        .traceparent
+        .extend_from_slice(client_trace.unwrap_or(b""));
     let reusable_head_len =
         (req.framing == BodyFraming::None && req.client_keep_alive()).then_some(req.head_len);
     let reject = |status, headers, reason| {
@@ -1369,7 +1371,19 @@ fn prepare(
         }
     }
 
-    // 8. Transform the request: the upstream head.
+    // 8. Transform the request: the upstream head. Trace context: the upstream's `traceparent`
+    // continues the client's valid one or starts a trace (and a `tracestate` without a valid
+    // parent is dropped); in `forward` mode the client's fields pass through.
+    let trace = match snapshot.trace_context {
+        TraceMode::Forward => None,
+        TraceMode::Start => {
+            let incoming = client_trace.and_then(trace::parse);
+            let traceparent = core.trace_ids.upstream(incoming);
+            record.traceparent.clear();
+            record.traceparent.extend_from_slice(&traceparent);
+            Some((traceparent, incoming.is_none()))
+        }
+    };
     let strip_credential = route.auth.as_ref().is_some_and(|a| !a.forward_credential);
     let auth_config = &snapshot.auth;
     out.clear();
@@ -1395,6 +1409,10 @@ fn prepare(
             || (strip_credential
                 && (name.eq_ignore_ascii_case(b"authorization")
                     || name.eq_ignore_ascii_case(&auth_config.api_key_header)))
+            || trace.is_some_and(|(_, orphaned)| {
+                name.eq_ignore_ascii_case(b"traceparent")
+                    || (orphaned && name.eq_ignore_ascii_case(b"tracestate"))
+            })
     });
     let upstream = &snapshot.upstreams[route.upstream];
     if req.host.is_empty() {
@@ -1425,6 +1443,9 @@ fn prepare(
         push_header(out, b"X-Forwarded-Host", req.host);
     }
     push_header(out, b"X-Request-Id", request_id.as_bytes());
+    if let Some((traceparent, _)) = &trace {
+        push_header(out, b"traceparent", traceparent);
+    }
     if upstream.keepalive == 0 {
         out.extend_from_slice(b"Connection: close\r\n");
     }
