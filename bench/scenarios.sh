@@ -226,7 +226,7 @@ address = \"127.0.0.1:$((PORT_BASE + 9))\"
 [[admin.tokens]]
 name = \"bench\"
 role = \"auditor\"
-hash = \"$(cat "$ASSETS/admin-hash" 2>/dev/null)\"
+hash = \"$(cat "$ASSETS/admin-hash" 2>/dev/null || true)\"
 [store]
 path = \"$TMP/credentialflow-store.db\""
     S_CFLOW_LOGGING="access_log = \"$TMP/credentialflow-access.jsonl\""

@@ -1713,3 +1713,40 @@ fn metrics_count_every_request_exactly_and_parse_as_prometheus_text() {
         .expect("count");
     assert!(families >= 15, "{families} metric families");
 }
+
+#[test]
+fn metrics_are_served_as_openmetrics_on_request() {
+    let f = Fixture::start(Setup::keys());
+    assert_eq!(get(f.port(), "/orders").status, 401);
+    let raw = format!(
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Accept: application/openmetrics-text; version=1.0.0, text/plain;q=0.5\r\nConnection: close\r\n\r\n",
+        tokens().auditor
+    );
+    let response = request(f.admin, raw.as_bytes());
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let text = response.body_str();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let dump = TempFile::new(&text, "om");
+    let parsed = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+             families = {f.name: f for f in text_string_to_metric_families(open(sys.argv[1]).read())}\n\
+             failures = families['credentialflow_auth_failures']\n\
+             print(float(sum(s.value for s in failures.samples if s.name.endswith('_total'))))",
+        )
+        .arg(&dump.path)
+        .output()
+        .expect("run python3 (the CI installs prometheus_client)");
+    assert!(
+        parsed.status.success(),
+        "the OpenMetrics parser refused the exposition: {}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&parsed.stdout).trim(), "1.0");
+}

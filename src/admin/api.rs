@@ -9,6 +9,7 @@ use crate::auth::basic::PasswordHash;
 use crate::auth::index::{CredentialKind, Handle, SubscriptionState};
 use crate::auth::{api_key, mtls, unix_now};
 use crate::config::{parse_duration, parse_rfc3339, SubscriptionModeName};
+use crate::observe::exposition::Format;
 use crate::store::{
     subscription_state_from_name, AuditQuery, ConsumerRecord, CredentialRecord,
     JwtRevocationRecord, RevokedClaim, StoreError, SubscriptionRecord, Write,
@@ -39,6 +40,7 @@ pub struct AdminRequest {
     pub path: String,
     pub query: String,
     pub authorization: Option<Vec<u8>>,
+    pub accept: Option<Vec<u8>>,
     pub keep_alive: bool,
     pub body: Vec<u8>,
     pub peer: Option<SocketAddr>,
@@ -55,6 +57,11 @@ impl AdminRequest {
                 .headers
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+                .map(|h| h.value.to_vec()),
+            accept: head
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("accept"))
                 .map(|h| h.value.to_vec()),
             keep_alive: head.client_keep_alive(),
             body: Vec::new(),
@@ -476,12 +483,15 @@ impl Api {
                 body: OPENAPI.as_bytes().to_vec(),
                 extra: Vec::new(),
             },
-            Ok((200, _)) if request.path == "/metrics" => AdminResponse {
-                status: 200,
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: self.plane.scrape().into_bytes(),
-                extra: Vec::new(),
-            },
+            Ok((200, _)) if request.path == "/metrics" => {
+                let format = Format::from_accept(request.accept.as_deref());
+                AdminResponse {
+                    status: 200,
+                    content_type: format.content_type(),
+                    body: self.plane.scrape(format).into_bytes(),
+                    extra: Vec::new(),
+                }
+            }
             Ok((status, body)) => AdminResponse::json(status, &body),
             Err(error) => error.response(),
         };

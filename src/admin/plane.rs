@@ -234,7 +234,7 @@ impl ControlPlane {
 
     /// Every core's metrics plus the control side's own, in the Prometheus text format. A core
     /// that does not answer within a second is left out of this scrape (and logged).
-    pub fn scrape(&self) -> String {
+    pub fn scrape(&self, format: crate::observe::exposition::Format) -> String {
         let (reply, replies) = crossbeam_channel::unbounded();
         let (sent, listeners) = {
             let state = self.lock();
@@ -277,7 +277,7 @@ impl ControlPlane {
             jwks: self.auth.jwks_stats(),
             process_log_dropped: crate::observe::dropped_lines(),
         };
-        crate::observe::exposition::render(&reports, &facts)
+        crate::observe::exposition::render(&reports, &facts, format)
     }
 
     /// Refuses further writes (the gateway is draining).

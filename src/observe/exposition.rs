@@ -50,6 +50,55 @@ fn labels(pairs: &[(&str, &str)]) -> String {
     format!("{{{}}}", inner.join(","))
 }
 
+/// The text format: Prometheus 0.0.4, or OpenMetrics 1.0 (counter families named without
+/// `_total`, `# EOF` at the end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Prometheus,
+    OpenMetrics,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+
+    /// OpenMetrics when the `Accept` field asks for it.
+    pub fn from_accept(accept: Option<&[u8]>) -> Format {
+        const OPENMETRICS: &[u8] = b"application/openmetrics-text";
+        let wants = accept.is_some_and(|a| {
+            a.windows(OPENMETRICS.len())
+                .any(|w| w.eq_ignore_ascii_case(OPENMETRICS))
+        });
+        if wants {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+}
+
+/// The Prometheus text as OpenMetrics: a counter family is named without its `_total` suffix in
+/// its `# HELP` and `# TYPE` lines (its samples keep it), and the text ends with `# EOF`.
+fn to_openmetrics(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for line in text.lines() {
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (family, tail) = rest.split_once(' ')?;
+            let base = family.strip_suffix("_total")?;
+            Some(format!("{prefix}{base} {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -121,8 +170,16 @@ fn add(into: &mut Histogram<u64>, from: &Histogram<u64>) {
     let _ = into.add(from);
 }
 
-/// Writes every metric in the Prometheus text format.
-pub fn render(reports: &[MetricsReport], facts: &ControlFacts) -> String {
+/// Writes every metric in `format`.
+pub fn render(reports: &[MetricsReport], facts: &ControlFacts, format: Format) -> String {
+    let text = render_prometheus(reports, facts);
+    match format {
+        Format::Prometheus => text,
+        Format::OpenMetrics => to_openmetrics(&text),
+    }
+}
+
+fn render_prometheus(reports: &[MetricsReport], facts: &ControlFacts) -> String {
     let mut routes: BTreeMap<RouteLabels, ([u64; 5], Histogram<u64>)> = BTreeMap::new();
     let mut upstreams: BTreeMap<Box<str>, Histogram<u64>> = BTreeMap::new();
     let mut refusals: BTreeMap<RefusalKey, u64> = BTreeMap::new();
@@ -379,6 +436,7 @@ mod tests {
         let text = render(
             &[report(&[400, 800]), report(&[3000])],
             &ControlFacts::default(),
+            Format::Prometheus,
         );
         assert!(text.contains(
             "credentialflow_requests_total{route=\"orders /orders GET\",api=\"orders\",tenant=\"acme\",status_class=\"2xx\"} 3"
@@ -398,6 +456,28 @@ mod tests {
         assert!(text.contains(
             "credentialflow_request_duration_seconds_count{route=\"orders /orders GET\"} 3"
         ));
+    }
+
+    #[test]
+    fn openmetrics_names_counter_families_without_total_and_ends_with_eof() {
+        let text = render(
+            &[report(&[400])],
+            &ControlFacts::default(),
+            Format::OpenMetrics,
+        );
+        assert!(text.contains("# TYPE credentialflow_requests counter\n"));
+        assert!(text.contains("# HELP credentialflow_requests Requests"));
+        assert!(text.contains("\ncredentialflow_requests_total{"));
+        assert!(text.contains("# TYPE credentialflow_request_duration_seconds histogram\n"));
+        assert!(text.ends_with("\n# EOF\n"));
+        assert_eq!(
+            Format::from_accept(Some(
+                b"application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::from_accept(Some(b"text/plain")), Format::Prometheus);
+        assert_eq!(Format::from_accept(None), Format::Prometheus);
     }
 
     #[test]
