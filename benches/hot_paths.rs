@@ -1,5 +1,5 @@
-//! Micro-benchmarks of the per-request hot paths: request-head parsing, route lookup and chunked
-//! framing. `cargo bench --bench hot_paths [FILTER]` prints one table row per case.
+//! Micro-benchmarks of the per-request hot paths: request-head parsing, route lookup, chunked
+//! framing, and the observability work every request pays (access-log line, metrics, trace id). `cargo bench --bench hot_paths [FILTER]` prints one table row per case.
 //!
 //! Each case is calibrated to batches of about 20 ms, run in several batches, and reported as
 //! the fastest batch (least disturbed by the rest of the machine) and the median batch, in
@@ -10,7 +10,11 @@ use credentialflow::config::{PathMatch, MAX_HEADERS_CEILING};
 use credentialflow::http::chunked::ChunkedScanner;
 use credentialflow::http::header_slots;
 use credentialflow::http::request::{self, HeadLimits};
+use credentialflow::observe::access::AccessRecord;
+use credentialflow::observe::metrics::CoreMetrics;
+use credentialflow::observe::trace::{self, TraceIds};
 use credentialflow::router::{RouteKey, RouteMatch, Router};
+use credentialflow::snapshot::Snapshot;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -291,6 +295,34 @@ fn chunked_case(name: &'static str, body: &[u8]) -> Row {
 
 // --------------------------------------------------------------------------- main
 
+// --------------------------------------------------------------------------- observability
+
+/// A snapshot with one route, and a finished, allowed request's access record on it.
+fn observed_request() -> (Snapshot, AccessRecord) {
+    let config = credentialflow::config::Config::parse(
+        "bench.toml",
+        "[[listeners]]\nname = \"public\"\naddress = \"127.0.0.1:1\"\n\
+         [[upstreams]]\nname = \"app\"\ntargets = [\"127.0.0.1:2\"]\n\
+         [[apis]]\nname = \"orders\"\n[[apis.routes]]\npath = \"/orders\"\nupstream = \"app\"\n",
+    )
+    .expect("bench config");
+    let snapshot = Snapshot::compile(&config);
+    let mut record = AccessRecord::default();
+    record.start = Some(Instant::now());
+    record.listener = Some(0);
+    record.client_ip = Some("203.0.113.7".parse().unwrap());
+    record.set_target("GET", "/orders/12345");
+    record.status = 200;
+    record.route = Some(0);
+    record.upstream = Some("10.0.0.12:8080".parse().unwrap());
+    record.upstream_status = Some(200);
+    record.bytes_in = 120;
+    record.bytes_out = 240;
+    record.upstream_connect_us = Some(0);
+    record.upstream_ttfb_us = Some(180);
+    (snapshot, record)
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; anything else not starting with '-' filters case names.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
@@ -303,6 +335,10 @@ fn main() {
     let radix = matchit_router(&keys);
     let chunked_4k = chunked_body(4096);
     let chunked_64 = chunked_body(64);
+    let (snapshot, record) = observed_request();
+    let metrics = CoreMetrics::default();
+    let trace_ids = TraceIds::new(0x1234_5678);
+    let incoming = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     type Case<'a> = (&'static str, Box<dyn Fn(&'static str) -> Row + 'a>);
     let found = |m: &RouteMatch| matches!(m, RouteMatch::Found(_));
@@ -366,6 +402,34 @@ fn main() {
         (
             "ChunkedScanner::scan 64 KiB, 64 B chunks",
             Box::new(|n| chunked_case(n, &chunked_64)),
+        ),
+        (
+            "AccessRecord::write_json (allowed request)",
+            Box::new(|n| {
+                let mut out = Vec::with_capacity(1024);
+                bench(n, 0, || {
+                    out.clear();
+                    black_box(&record).write_json(
+                        Some(&snapshot),
+                        std::time::SystemTime::now(),
+                        Instant::now(),
+                        &mut out,
+                    );
+                    black_box(&out);
+                })
+            }),
+        ),
+        (
+            "CoreMetrics::observe (allowed request)",
+            Box::new(|n| bench(n, 0, || metrics.observe(black_box(&record), &snapshot, 250))),
+        ),
+        (
+            "TraceIds::upstream (continue a traceparent)",
+            Box::new(|n| {
+                bench(n, 0, || {
+                    black_box(trace_ids.upstream(trace::parse(black_box(incoming))));
+                })
+            }),
         ),
     ];
 

@@ -146,7 +146,9 @@ impl AccessRecord {
         out.extend_from_slice(b",\"client_ip\":");
         match self.client_ip {
             Some(ip) => {
-                let _ = write!(out, "\"{ip}\"");
+                out.push(b'"');
+                push_ip(out, ip);
+                out.push(b'"');
             }
             None => out.extend_from_slice(b"null"),
         }
@@ -185,7 +187,11 @@ impl AccessRecord {
         out.extend_from_slice(b",\"upstream\":");
         match self.upstream {
             Some(address) => {
-                let _ = write!(out, "\"{address}\"");
+                out.extend_from_slice(if address.is_ipv6() { b"\"[" } else { b"\"" });
+                push_ip(out, address.ip());
+                out.extend_from_slice(if address.is_ipv6() { b"]:" } else { b":" });
+                push_u64(out, u64::from(address.port()));
+                out.push(b'"');
             }
             None => out.extend_from_slice(b"null"),
         }
@@ -332,6 +338,24 @@ impl CoreAccessLog {
 }
 
 /// Appends a JSON string, or `null` for an empty value.
+/// Appends an address as text: IPv4 dotted decimal without going through `Display`, IPv6 in
+/// its canonical form.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (at, octet) in v4.octets().into_iter().enumerate() {
+                if at > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 fn push_opt_str(out: &mut Vec<u8>, value: &[u8]) {
     if value.is_empty() {
         out.extend_from_slice(b"null");
@@ -435,6 +459,30 @@ mod tests {
         let time = UNIX_EPOCH + Duration::new(secs, micros * 1000);
         push_rfc3339(&mut out, time);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_would() {
+        for text in [
+            "0.0.0.0",
+            "203.0.113.7",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::12",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+        let mut record = AccessRecord::default();
+        for address in ["10.0.0.12:8080", "[2001:db8::12]:443"] {
+            record.upstream = Some(address.parse().unwrap());
+            let mut out = Vec::new();
+            record.write_json(None, UNIX_EPOCH, Instant::now(), &mut out);
+            let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(line["upstream"], address);
+        }
     }
 
     #[test]
