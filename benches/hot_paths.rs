@@ -307,19 +307,21 @@ fn observed_request() -> (Snapshot, AccessRecord) {
     )
     .expect("bench config");
     let snapshot = Snapshot::compile(&config);
-    let mut record = AccessRecord::default();
-    record.start = Some(Instant::now());
-    record.listener = Some(0);
-    record.client_ip = Some("203.0.113.7".parse().unwrap());
+    let mut record = AccessRecord {
+        start: Some(Instant::now()),
+        listener: Some(0),
+        client_ip: Some("203.0.113.7".parse().unwrap()),
+        status: 200,
+        route: Some(0),
+        upstream: Some("10.0.0.12:8080".parse().unwrap()),
+        upstream_status: Some(200),
+        bytes_in: 120,
+        bytes_out: 240,
+        upstream_connect_us: Some(0),
+        upstream_ttfb_us: Some(180),
+        ..AccessRecord::default()
+    };
     record.set_target("GET", "/orders/12345");
-    record.status = 200;
-    record.route = Some(0);
-    record.upstream = Some("10.0.0.12:8080".parse().unwrap());
-    record.upstream_status = Some(200);
-    record.bytes_in = 120;
-    record.bytes_out = 240;
-    record.upstream_connect_us = Some(0);
-    record.upstream_ttfb_us = Some(180);
     (snapshot, record)
 }
 
