@@ -469,6 +469,10 @@ impl Api {
 
     /// Answers one request (never panics on input; every failure is a problem response).
     pub fn handle(&self, request: &AdminRequest) -> AdminResponse {
+        // Everything logged while the request is handled (store, propagation, reload) carries
+        // the request's method and path.
+        let span = tracing::info_span!("admin", method = %request.method, path = %request.path);
+        let _entered = span.enter();
         let started = std::time::Instant::now();
         let caller = self.authenticate(request);
         let actor = caller.as_ref().map_or("-", |c| c.name.as_str()).to_string();

@@ -358,6 +358,8 @@ impl ControlPlane {
     /// hands the new snapshot (and credentials: the config's with the store laid over them) to
     /// every core. Connections stay open; each serves its next request from the new snapshot.
     pub fn reload(&self) -> Result<u64, ReloadError> {
+        let span = tracing::info_span!("reload");
+        let _entered = span.enter();
         let mut state = self.lock();
         let path = state.config.source_path.clone();
         tracing::info!(config = %path.display(), "reloading configuration");
