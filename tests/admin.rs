@@ -1204,16 +1204,12 @@ fn the_audit_trail_is_chained_secret_free_and_verify_detects_tampering() {
     }
     let out = g.audit_verify();
     assert_eq!(out.code(), Some(0), "{}", out.combined());
-    let deleted = std::process::Command::new("sqlite3")
-        .arg(g.data.store())
-        .arg("DELETE FROM audit WHERE seq = 2;")
-        .output()
-        .expect("run sqlite3");
-    assert!(
-        deleted.status.success(),
-        "sqlite3: {}",
-        String::from_utf8_lossy(&deleted.stderr)
-    );
+    let store = rusqlite::Connection::open(g.data.store()).expect("open the store");
+    let deleted = store
+        .execute("DELETE FROM audit WHERE seq = 2", [])
+        .expect("delete an audit row");
+    assert_eq!(deleted, 1);
+    drop(store);
     let out = g.audit_verify();
     assert_eq!(out.code(), Some(1), "{}", out.combined());
     assert!(
@@ -1554,6 +1550,24 @@ fn sample_sum(text: &str, name: &str, with: &[&str]) -> f64 {
         .sum()
 }
 
+/// Parses `text` with `prometheus-parse`: every sample line on its own must give exactly one
+/// sample (so none is silently skipped), and the whole text must parse; returns the number of
+/// documented families.
+fn assert_prometheus_text(text: &str) -> usize {
+    let lines = || text.lines().map(|l| Ok(l.to_string()));
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let one = prometheus_parse::Scrape::parse(std::iter::once(Ok(line.to_string())))
+            .unwrap_or_else(|e| panic!("unparsable sample line {line:?}: {e}"));
+        assert_eq!(one.samples.len(), 1, "sample line {line:?} was not read");
+    }
+    let scrape = prometheus_parse::Scrape::parse(lines()).expect("the exposition parses");
+    assert!(!scrape.samples.is_empty());
+    scrape.docs.len()
+}
+
 #[test]
 fn metrics_count_every_request_exactly_and_parse_as_prometheus_text() {
     let f = Fixture::start(Setup::keys());
@@ -1690,27 +1704,8 @@ fn metrics_count_every_request_exactly_and_parse_as_prometheus_text() {
         "a credential or consumer became a label"
     );
 
-    // A real Prometheus text parser accepts the whole exposition.
-    let dump = TempFile::new(&text, "prom");
-    let parsed = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families\n\
-             families = list(text_string_to_metric_families(open(sys.argv[1]).read()))\n\
-             print(len(families))",
-        )
-        .arg(&dump.path)
-        .output()
-        .expect("run python3 (the CI installs prometheus_client)");
-    assert!(
-        parsed.status.success(),
-        "prometheus_client refused the exposition: {}",
-        String::from_utf8_lossy(&parsed.stderr)
-    );
-    let families: usize = String::from_utf8_lossy(&parsed.stdout)
-        .trim()
-        .parse()
-        .expect("count");
+    // A real Prometheus text parser reads every sample line (none skipped) and every family.
+    let families = assert_prometheus_text(&text);
     assert!(families >= 15, "{families} metric families");
 }
 
@@ -1731,22 +1726,24 @@ fn metrics_are_served_as_openmetrics_on_request() {
     );
     let text = response.body_str();
     assert!(text.ends_with("# EOF\n"), "{text}");
-    let dump = TempFile::new(&text, "om");
-    let parsed = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
-             families = {f.name: f for f in text_string_to_metric_families(open(sys.argv[1]).read())}\n\
-             failures = families['credentialflow_auth_failures']\n\
-             print(float(sum(s.value for s in failures.samples if s.name.endswith('_total'))))",
-        )
-        .arg(&dump.path)
-        .output()
-        .expect("run python3 (the CI installs prometheus_client)");
+    // OpenMetrics: counter families are named without `_total`, their samples keep it.
     assert!(
-        parsed.status.success(),
-        "the OpenMetrics parser refused the exposition: {}",
-        String::from_utf8_lossy(&parsed.stderr)
+        text.contains("# TYPE credentialflow_auth_failures counter\n"),
+        "{text}"
     );
-    assert_eq!(String::from_utf8_lossy(&parsed.stdout).trim(), "1.0");
+    assert!(
+        !text.contains("# TYPE credentialflow_auth_failures_total"),
+        "{text}"
+    );
+    let body = text.strip_suffix("# EOF\n").expect("ends with # EOF");
+    assert!(!body.contains("# EOF"), "one # EOF, at the end");
+    assert_prometheus_text(body);
+    assert_eq!(
+        sample_sum(
+            &text,
+            "credentialflow_auth_failures_total",
+            &["reason=\"missing_credential\""]
+        ),
+        1.0
+    );
 }
