@@ -186,7 +186,7 @@ fn render_prometheus(reports: &[MetricsReport], facts: &ControlFacts) -> String 
     let mut shadow: BTreeMap<Box<str>, u64> = BTreeMap::new();
     let mut upstream_errors: BTreeMap<(Box<str>, &'static str), u64> = BTreeMap::new();
     let (mut hits, mut misses, mut dropped) = (0, 0, facts.process_log_dropped);
-    let (mut handshakes, mut resumed, mut failures) = (0, 0, 0);
+    let mut tls: BTreeMap<Box<str>, [u64; 3]> = BTreeMap::new();
     for report in reports {
         for series in &report.routes {
             let entry = routes
@@ -217,9 +217,12 @@ fn render_prometheus(reports: &[MetricsReport], facts: &ControlFacts) -> String 
         hits += report.token_cache_hits;
         misses += report.token_cache_misses;
         dropped += report.log_records_dropped;
-        handshakes += report.tls_handshakes;
-        resumed += report.tls_resumed;
-        failures += report.tls_failures;
+        for (listener, counts) in &report.tls {
+            let sum = tls.entry(listener.clone()).or_default();
+            for (total, n) in sum.iter_mut().zip(counts) {
+                *total += n;
+            }
+        }
     }
 
     let mut out = String::with_capacity(16 * 1024);
@@ -329,17 +332,19 @@ fn render_prometheus(reports: &[MetricsReport], facts: &ControlFacts) -> String 
         "counter",
         "TLS handshakes on the listeners.",
     );
-    for (result, resumed_label, n) in [
-        ("ok", "true", resumed),
-        ("ok", "false", handshakes.saturating_sub(resumed)),
-        ("failed", "false", failures),
-    ] {
-        let pairs = [
-            ("listener", "all"),
-            ("result", result),
-            ("resumed", resumed_label),
-        ];
-        let _ = writeln!(out, "{name}{} {n}", labels(&pairs));
+    for (listener, [full, resumed, failed]) in &tls {
+        for (result, resumed_label, n) in [
+            ("ok", "false", full),
+            ("ok", "true", resumed),
+            ("failed", "false", failed),
+        ] {
+            let pairs = [
+                ("listener", &**listener),
+                ("result", result),
+                ("resumed", resumed_label),
+            ];
+            let _ = writeln!(out, "{name}{} {n}", labels(&pairs));
+        }
     }
     let name = "credentialflow_token_cache_total";
     header(

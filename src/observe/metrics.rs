@@ -58,6 +58,14 @@ pub enum Refusal {
     Limited,
 }
 
+/// How a TLS handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsOutcome {
+    Full,
+    Resumed,
+    Failed,
+}
+
 /// A refusal counter's key: what refused, the API's name and the reason code.
 pub type RefusalKey = (Refusal, Box<str>, &'static str);
 
@@ -73,9 +81,8 @@ pub struct MetricsReport {
     pub upstream_errors: Vec<((Box<str>, &'static str), u64)>,
     pub token_cache_hits: u64,
     pub token_cache_misses: u64,
-    pub tls_handshakes: u64,
-    pub tls_resumed: u64,
-    pub tls_failures: u64,
+    /// Per listener name: full handshakes, resumed ones, failures.
+    pub tls: Vec<(Box<str>, [u64; 3])>,
     pub log_records_dropped: u64,
 }
 
@@ -94,6 +101,8 @@ struct State {
     refusals: HashMap<(Refusal, usize, &'static str), u64>,
     shadow_denials: HashMap<Box<str>, u64>,
     upstream_errors: HashMap<(usize, &'static str), u64>,
+    /// Per listener index (listeners keep their order across reloads): full, resumed, failed.
+    tls: Vec<[u64; 3]>,
 }
 
 /// The slot of the series for requests that matched no route.
@@ -182,6 +191,15 @@ fn refusal(status: u16, reason: &str) -> Option<Refusal> {
 }
 
 impl CoreMetrics {
+    /// Counts one TLS handshake on `listener`.
+    pub fn tls_handshake(&self, listener: usize, outcome: TlsOutcome) {
+        let mut state = self.state.borrow_mut();
+        if state.tls.len() <= listener {
+            state.tls.resize(listener + 1, [0; 3]);
+        }
+        state.tls[listener][outcome as usize] += 1;
+    }
+
     /// Counts one finished request.
     pub fn observe(&self, record: &AccessRecord, snapshot: &Snapshot, duration_us: u64) {
         let mut state = self.state.borrow_mut();
@@ -255,6 +273,18 @@ impl CoreMetrics {
                 .iter()
                 .map(|(&(upstream, kind), &n)| ((state.upstreams[upstream].name.clone(), kind), n))
                 .collect(),
+            tls: state
+                .tls
+                .iter()
+                .enumerate()
+                .map(|(at, counts)| {
+                    let name = snapshot
+                        .listeners
+                        .get(at)
+                        .map_or_else(|| at.to_string(), |l| l.name.clone());
+                    (name.into_boxed_str(), *counts)
+                })
+                .collect(),
             ..MetricsReport::default()
         }
     }
@@ -273,6 +303,27 @@ mod tests {
         assert_eq!(refusal(429, "rate_limited"), Some(Refusal::Limited));
         assert_eq!(refusal(429, "too_many_failures"), None);
         assert_eq!(refusal(502, "upstream_error"), None);
+    }
+
+    #[test]
+    fn tls_handshakes_are_counted_per_listener_by_name() {
+        let config = crate::config::Config::parse(
+            "t.toml",
+            "[[listeners]]\nname = \"public\"\naddress = \"127.0.0.1:1\"\n\
+             [[listeners]]\nname = \"partners\"\naddress = \"127.0.0.1:2\"\n",
+        )
+        .unwrap();
+        let snapshot = Snapshot::compile(&config);
+        let metrics = CoreMetrics::default();
+        metrics.tls_handshake(1, TlsOutcome::Full);
+        metrics.tls_handshake(1, TlsOutcome::Resumed);
+        metrics.tls_handshake(1, TlsOutcome::Resumed);
+        metrics.tls_handshake(0, TlsOutcome::Failed);
+        let report = metrics.report(&snapshot);
+        assert_eq!(
+            report.tls,
+            vec![("public".into(), [0, 0, 1]), ("partners".into(), [1, 2, 0])]
+        );
     }
 
     #[test]

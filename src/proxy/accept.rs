@@ -6,6 +6,7 @@
 use super::core::Core;
 use super::io::{linger_close, tcp_write, ByteStream, IoFail, UpstreamStream};
 use crate::http::problem::write_problem;
+use crate::observe::metrics::TlsOutcome;
 use crate::snapshot::Upstream;
 use crate::tls::certificate::ClientIdentity;
 use crate::tls::stream::TlsStream;
@@ -24,12 +25,17 @@ pub async fn handshake(
     tcp: TcpStream,
     config: Arc<rustls::ServerConfig>,
     timeout: Duration,
+    listener: usize,
 ) -> Option<(TlsStream, Option<Rc<ClientIdentity>>)> {
     let counters = &core.counters;
+    let failed = || {
+        counters.tls_failures.bump();
+        core.metrics.tls_handshake(listener, TlsOutcome::Failed);
+    };
     let mut tls = match TlsStream::server(tcp, config) {
         Ok(tls) => tls,
         Err(err) => {
-            counters.tls_failures.bump();
+            failed();
             tracing::warn!(core = core.id, error = %err, "cannot start a TLS session");
             return None;
         }
@@ -42,13 +48,13 @@ pub async fn handshake(
     match result {
         Ok(()) => {}
         Err(IoFail::NotTls { http: true }) => {
-            counters.tls_failures.bump();
+            failed();
             tracing::debug!(core = core.id, "plain HTTP request on a TLS listener");
             refuse_plain_http(tls.tcp()).await;
             return None;
         }
         Err(err) => {
-            counters.tls_failures.bump();
+            failed();
             tracing::debug!(core = core.id, error = %err, "TLS handshake failed");
             return None;
         }
@@ -58,7 +64,7 @@ pub async fn handshake(
         Some(cert) => match ClientIdentity::from_der(cert) {
             Ok(identity) => Some(Rc::new(identity)),
             Err(err) => {
-                counters.tls_failures.bump();
+                failed();
                 tracing::warn!(core = core.id, error = %err, "unreadable client certificate");
                 return None;
             }
@@ -67,6 +73,9 @@ pub async fn handshake(
     counters.tls_handshakes.bump();
     if tls.session().handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
         counters.tls_resumed.bump();
+        core.metrics.tls_handshake(listener, TlsOutcome::Resumed);
+    } else {
+        core.metrics.tls_handshake(listener, TlsOutcome::Full);
     }
     Some((tls, identity))
 }

@@ -266,9 +266,6 @@ impl Core {
             report.token_cache_hits += cache.stats.hits;
             report.token_cache_misses += cache.stats.misses;
         }
-        report.tls_handshakes = self.counters.tls_handshakes.get();
-        report.tls_resumed = self.counters.tls_resumed.get();
-        report.tls_failures = self.counters.tls_failures.get();
         report.log_records_dropped = self.access_log.as_ref().map_or(0, |log| log.dropped());
         report
     }

@@ -308,7 +308,7 @@ async fn serve_tls(
     tls: CoreTls,
     info: ClientInfo,
 ) {
-    let handshake = accept::handshake(&core, tcp, tls.config, tls.handshake_timeout);
+    let handshake = accept::handshake(&core, tcp, tls.config, tls.handshake_timeout, info.listener);
     if let Some((stream, identity)) = handshake.await {
         let tls_version = match stream.session().protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
