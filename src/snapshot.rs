@@ -101,6 +101,9 @@ pub struct Upstream {
 /// Everything a core needs to serve requests.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// Unique per compiled snapshot in this process (per-core state keyed by a snapshot's
+    /// indices notices a new one by it).
+    pub serial: u64,
     pub limits: Limits,
     pub listeners: Vec<Listener>,
     pub routes: Vec<Route>,
@@ -322,6 +325,10 @@ impl Snapshot {
             routes,
             upstreams,
             drain_timeout: config.gateway.drain_timeout.0,
+            serial: {
+                static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
             trace_context: config.logging.trace_context,
             auth,
             token_cache_entries: config.apis.iter().map(|a| a.token_cache.entries).collect(),

@@ -937,6 +937,14 @@ impl Api {
     /// A store credential, or why there is none.
     fn store_credential(state: &PlaneState, id: &str) -> Result<CredentialRecord, AdminError> {
         if let Some(record) = Self::store(state)?.credential(id)? {
+            let handle = crate::store::index::handle(&record);
+            if state.config.resolved.credentials.get(&handle).is_some() {
+                // The config now declares its handle: the config's credential is in force.
+                return Err(AdminError::ReadOnly(format!(
+                    "the credential for {} (its handle is declared in the config)",
+                    describe_handle(&handle)
+                )));
+            }
             return Ok(record);
         }
         if Self::config_credential(state, id).is_some() {
@@ -1043,9 +1051,11 @@ impl Api {
         let mut state = self.plane.lock();
         let record = Self::store_credential(&state, id)?;
         if record.revoked_at.is_some() {
-            let mut view = views::credential_record(&record, now);
-            view["propagated_us"] = json!(0);
-            return Ok((200, view));
+            // Already revoked (a retry after a 503, say): answer 200 only once every core is
+            // known to serve a state that includes it.
+            let propagation = self.plane.confirm_all(&state)?;
+            let view = views::credential_record(&record, now);
+            return Ok((200, with_propagation(view, propagation)));
         }
         let before = views::credential_record(&record, now);
         let revoked = CredentialRecord {
@@ -1262,6 +1272,19 @@ impl Api {
                 AdminError::NotFound(format!("subscription {id}"))
             });
         };
+        let mut lookup = String::new();
+        if state
+            .config
+            .resolved
+            .credentials
+            .subscription(&record.consumer, &record.api, &mut lookup)
+            .is_some()
+        {
+            return Err(AdminError::ReadOnly(format!(
+                "the subscription of {} to {} (declared in the config)",
+                record.consumer, record.api
+            )));
+        }
         use SubscriptionState::*;
         let next = match (action, record.state) {
             ("approve", Requested | Rejected) => Approved,
@@ -1366,6 +1389,12 @@ impl Api {
             Ok(version) => Ok((200, json!({"reloaded": true, "version": version}))),
             Err(ReloadError::Invalid(errors)) => Err(AdminError::InvalidConfig(errors)),
             Err(ReloadError::Refused(message)) => Err(AdminError::InvalidConfig(vec![message])),
+            Err(ReloadError::NotConfirmed { applied, cores }) => {
+                Err(AdminError::Change(ChangeError::PropagationTimeout {
+                    applied,
+                    cores,
+                }))
+            }
         }
     }
 }

@@ -44,6 +44,10 @@ pub enum ReloadError {
     Invalid(Vec<String>),
     #[error("{0}")]
     Refused(String),
+    /// Applied, but not every core confirmed in time (it adopts the new config when it reads
+    /// its queue).
+    #[error("{applied} of {cores} cores confirmed the new configuration in time")]
+    NotConfirmed { applied: usize, cores: usize },
 }
 
 /// The control plane's state, behind [`ControlPlane::lock`].
@@ -59,6 +63,9 @@ pub struct PlaneState {
 struct AuditFile {
     path: PathBuf,
     file: std::fs::File,
+    /// A write failed: the copy misses records, and the next change brings it in line with
+    /// the store first.
+    lagging: bool,
 }
 
 impl AuditFile {
@@ -70,13 +77,18 @@ impl AuditFile {
             .create(true)
             .append(true)
             .open(&path)?;
-        Ok(AuditFile { path, file })
+        Ok(AuditFile {
+            path,
+            file,
+            lagging: false,
+        })
     }
 
     fn append(&mut self, record: &AuditRecord) {
         let mut line = record.to_json().to_string();
         line.push('\n');
         if let Err(error) = self.file.write_all(line.as_bytes()) {
+            self.lagging = true;
             tracing::error!(path = %self.path.display(), %error, "cannot append to the audit log");
         }
     }
@@ -171,6 +183,15 @@ pub fn credentials_for(
     Ok(Arc::new(index))
 }
 
+fn propagation_timeout(state: &PlaneState) -> Duration {
+    state
+        .config
+        .resolved
+        .admin
+        .as_ref()
+        .map_or(Duration::from_secs(2), |a| a.propagation_timeout)
+}
+
 fn micros_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -236,12 +257,13 @@ impl ControlPlane {
     /// that does not answer within a second is left out of this scrape (and logged).
     pub fn scrape(&self, format: crate::observe::exposition::Format) -> String {
         let (reply, replies) = crossbeam_channel::unbounded();
+        let deadline = std::time::Instant::now() + SCRAPE_TIMEOUT;
         let (sent, listeners) = {
             let state = self.lock();
             let sent = state
                 .cores
                 .iter()
-                .filter(|core| core.send(ControlMsg::Metrics(reply.clone())))
+                .filter(|core| core.send_by(ControlMsg::Metrics(reply.clone()), deadline))
                 .count();
             let listeners: Vec<String> = state
                 .config
@@ -252,7 +274,6 @@ impl ControlPlane {
             (sent, listeners)
         };
         drop(reply);
-        let deadline = std::time::Instant::now() + SCRAPE_TIMEOUT;
         let mut reports = Vec::with_capacity(sent);
         while reports.len() < sent {
             match replies.recv_deadline(deadline) {
@@ -303,19 +324,23 @@ impl ControlPlane {
         if state.stopping {
             return Err(ChangeError::ShuttingDown);
         }
-        let timeout = state
-            .config
-            .resolved
-            .admin
-            .as_ref()
-            .map_or(Duration::from_secs(2), |a| a.propagation_timeout);
+        let timeout = propagation_timeout(state);
         let store = state
             .store
             .as_mut()
             .ok_or_else(|| StoreError::Engine("no store is open".into()))?;
         let record = store.commit(&writes, entry)?;
         if let Some(file) = &mut state.audit_log {
-            file.append(&record);
+            if file.lagging {
+                match file.catch_up(store.as_ref()) {
+                    Ok(_) => file.lagging = false,
+                    Err(error) => {
+                        tracing::error!(path = %file.path.display(), %error, "audit log: still behind the store")
+                    }
+                }
+            } else {
+                file.append(&record);
+            }
         }
         let propagation = self.auth.change_credentials(
             |index| {
@@ -327,6 +352,24 @@ impl ControlPlane {
             },
             timeout,
         );
+        if !propagation.complete() {
+            return Err(ChangeError::PropagationTimeout {
+                applied: propagation.applied,
+                cores: propagation.cores,
+            });
+        }
+        Ok(propagation)
+    }
+
+    /// Publishes the current credential state again (unchanged) and waits for every core's
+    /// ack: after it, every core serves every change stored so far.
+    pub fn confirm_all(&self, state: &PlaneState) -> Result<Propagation, ChangeError> {
+        if state.stopping {
+            return Err(ChangeError::ShuttingDown);
+        }
+        let propagation = self
+            .auth
+            .change_credentials(|_| {}, propagation_timeout(state));
         if !propagation.complete() {
             return Err(ChangeError::PropagationTimeout {
                 applied: propagation.applied,
@@ -405,14 +448,13 @@ impl ControlPlane {
         let mut confirmed = Vec::new();
         self.auth.reload(&config, credentials, |auth_state| {
             let (ack, acks) = crossbeam_channel::unbounded();
-            for core in cores {
-                core.send(ControlMsg::Adopt(
-                    snapshot.clone(),
-                    auth_state.clone(),
-                    ack.clone(),
-                ));
-            }
             let deadline = std::time::Instant::now() + RELOAD_ACK_TIMEOUT;
+            for core in cores {
+                core.send_by(
+                    ControlMsg::Adopt(snapshot.clone(), auth_state.clone(), ack.clone()),
+                    deadline,
+                );
+            }
             while confirmed.len() < cores.len() {
                 match acks.recv_deadline(deadline) {
                     Ok(core) => confirmed.push(core),
@@ -421,14 +463,15 @@ impl ControlPlane {
             }
             confirmed.clone()
         });
-        if confirmed.len() < cores.len() {
+        let (applied, total) = (confirmed.len(), cores.len());
+        if applied < total {
             tracing::warn!(
-                applied = confirmed.len(),
-                cores = cores.len(),
+                applied,
+                cores = total,
                 "reload: not every core confirmed the new configuration in time"
             );
         } else {
-            tracing::info!(cores = confirmed.len(), "configuration reloaded");
+            tracing::info!(cores = applied, "configuration reloaded");
         }
         crate::control::log_certificates(&snapshot);
         crate::control::log_credentials(&config);
@@ -438,6 +481,12 @@ impl ControlPlane {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = config.resolved.admin.clone();
         state.config = config;
+        if applied < total {
+            return Err(ReloadError::NotConfirmed {
+                applied,
+                cores: total,
+            });
+        }
         Ok(self.auth.propagation_status().epoch)
     }
 }

@@ -10,10 +10,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Admin connections served at once; more are answered 503 and closed.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Longest time one request may take to arrive (and an idle connection may wait), and the write
+/// timeout.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const LIMITS: HeadLimits = HeadLimits {
     max_head_bytes: 16 * 1024,
@@ -25,8 +27,22 @@ pub struct AdminServer {
     pub address: SocketAddr,
 }
 
-trait Connection: Read + Write + Send {}
-impl<T: Read + Write + Send> Connection for T {}
+/// A plain or TLS admin connection whose reads can be bounded.
+trait Connection: Read + Write + Send {
+    fn set_read_timeout(&self, timeout: Duration) -> std::io::Result<()>;
+}
+
+impl Connection for TcpStream {
+    fn set_read_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, Some(timeout))
+    }
+}
+
+impl Connection for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+    fn set_read_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        self.sock.set_read_timeout(Some(timeout))
+    }
+}
 
 /// Binds `address` and serves `api` from a background thread.
 pub fn start(
@@ -50,14 +66,15 @@ pub fn start(
                 }
                 let api = api.clone();
                 let tls = tls.clone();
-                let open = open.clone();
+                let slot = open.clone();
                 let spawned = std::thread::Builder::new()
                     .name("cflow-admin-conn".into())
                     .spawn(move || {
                         serve_connection(stream, tls, &api);
-                        open.fetch_sub(1, Ordering::AcqRel);
+                        slot.fetch_sub(1, Ordering::AcqRel);
                     });
                 if spawned.is_err() {
+                    open.fetch_sub(1, Ordering::AcqRel);
                     tracing::warn!("admin: cannot start a connection thread");
                 }
             }
@@ -86,8 +103,19 @@ fn serve_connection(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, a
     }
 }
 
-/// Reads at most `cap` more bytes into `buf`; `false` on a clean end of stream.
-fn fill(connection: &mut dyn Connection, buf: &mut Vec<u8>, cap: usize) -> std::io::Result<bool> {
+/// Reads at most `cap` more bytes into `buf` before `deadline`; `false` on a clean end of
+/// stream.
+fn fill(
+    connection: &mut dyn Connection,
+    buf: &mut Vec<u8>,
+    cap: usize,
+    deadline: Instant,
+) -> std::io::Result<bool> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(std::io::ErrorKind::TimedOut.into());
+    }
+    connection.set_read_timeout(left)?;
     let mut chunk = [0u8; 4096];
     let n = connection.read(&mut chunk[..cap.clamp(1, 4096)])?;
     if n == 0 {
@@ -136,12 +164,15 @@ fn exchange(
     api: &Api,
     peer: Option<SocketAddr>,
 ) -> std::io::Result<bool> {
+    // One deadline for the whole request, from the first byte awaited (an idle keep-alive
+    // connection included): a client trickling bytes cannot hold a connection slot for long.
+    let deadline = Instant::now() + IO_TIMEOUT;
     let head = loop {
         match parse_head(buf, peer) {
             Ok(Some(head)) => break head,
             Ok(None) => {
                 let room = LIMITS.max_head_bytes.saturating_sub(buf.len()).max(1);
-                if !fill(connection, buf, room)? {
+                if !fill(connection, buf, room, deadline)? {
                     return Ok(false);
                 }
             }
@@ -176,7 +207,7 @@ fn exchange(
         connection.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
     }
     while buf.len() < head_len + length {
-        if !fill(connection, buf, head_len + length - buf.len())? {
+        if !fill(connection, buf, head_len + length - buf.len(), deadline)? {
             return Ok(false);
         }
     }

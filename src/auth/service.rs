@@ -116,14 +116,14 @@ impl Published {
         next.epoch = self.state.epoch + 1;
         self.state = Arc::new(next);
         let started = Instant::now();
+        let deadline = started + timeout;
         let (ack, acks) = crossbeam_channel::unbounded();
         let mut sent = 0;
         for core in &self.cores {
-            if core.send(ControlMsg::Auth(self.state.clone(), ack.clone())) {
+            if core.send_by(ControlMsg::Auth(self.state.clone(), ack.clone()), deadline) {
                 sent += 1;
             }
         }
-        let deadline = started + timeout;
         let mut applied = 0;
         while applied < sent {
             let Ok(core) = acks.recv_deadline(deadline) else {

@@ -1,4 +1,4 @@
-//! Human-readable durations in the config file: `"250ms"`, `"10s"`, `"2m"`, `"1h"`.
+//! Human-readable durations in the config file: `"250ms"`, `"10s"`, `"2m"`, `"1h"`, `"7d"`.
 
 use serde::{Deserialize, Deserializer};
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfigDuration(pub Duration);
 
-/// Parses `<digits><unit>` with unit one of `ms`, `s`, `m`, `h`.
+/// Parses `<digits><unit>` with unit one of `ms`, `s`, `m`, `h`, `d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let digits_end = text
         .find(|c: char| !c.is_ascii_digit())
@@ -15,7 +15,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (digits, unit) = text.split_at(digits_end);
     if digits.is_empty() {
         return Err(format!(
-            "invalid duration {text:?}: expected a number followed by ms, s, m or h (e.g. \"500ms\", \"10s\")"
+            "invalid duration {text:?}: expected a number followed by ms, s, m, h or d (e.g. \"500ms\", \"10s\")"
         ));
     }
     let value: u64 = digits
@@ -26,9 +26,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => value.checked_mul(1_000),
         "m" => value.checked_mul(60_000),
         "h" => value.checked_mul(3_600_000),
+        "d" => value.checked_mul(86_400_000),
         _ => {
             return Err(format!(
-                "invalid duration {text:?}: unit must be ms, s, m or h"
+                "invalid duration {text:?}: unit must be ms, s, m, h or d"
             ))
         }
     }
@@ -55,6 +56,10 @@ mod tests {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
     }
 
     #[test]
@@ -66,7 +71,7 @@ mod tests {
             "10 s",
             "1.5s",
             "-1s",
-            "10d",
+            "10w",
             "99999999999999999999s",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad} should be rejected");

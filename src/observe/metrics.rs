@@ -88,12 +88,17 @@ pub struct MetricsReport {
 
 #[derive(Default)]
 struct State {
-    /// Address of the snapshot the slot maps below were built for.
-    snapshot: usize,
+    /// Serial of the snapshot the slot maps below were built for (0: none yet).
+    snapshot: u64,
     /// Per route index of that snapshot: its slot in `routes`.
     route_slots: Vec<usize>,
     /// Per upstream index of that snapshot: its slot in `upstreams`.
     upstream_slots: Vec<usize>,
+    /// Per API index of that snapshot: its slot in `apis`.
+    api_slots: Vec<usize>,
+    /// API names by slot (refusals are counted by slot, so a reload that reorders the APIs
+    /// keeps each count with its name).
+    apis: Vec<Box<str>>,
     routes: Vec<RouteSeries>,
     route_keys: HashMap<RouteLabels, usize>,
     upstreams: Vec<UpstreamSeries>,
@@ -138,11 +143,21 @@ impl State {
 
     /// Maps the indices of `snapshot` to series (once per snapshot).
     fn follow(&mut self, snapshot: &Snapshot) {
-        let address = snapshot as *const Snapshot as usize;
-        if self.snapshot == address && !self.routes.is_empty() {
+        if self.snapshot == snapshot.serial && !self.routes.is_empty() {
             return;
         }
-        self.snapshot = address;
+        self.snapshot = snapshot.serial;
+        self.api_slots = snapshot
+            .apis
+            .iter()
+            .map(|api| match self.apis.iter().position(|n| *n == api.name) {
+                Some(slot) => slot,
+                None => {
+                    self.apis.push(api.name.clone());
+                    self.apis.len() - 1
+                }
+            })
+            .collect();
         let unrouted = self.route_slot(RouteLabels {
             route: "".into(),
             api: "".into(),
@@ -226,6 +241,7 @@ impl CoreMetrics {
                     .apis
                     .iter()
                     .position(|a| *a.name == *route.api)
+                    .and_then(|at| state.api_slots.get(at).copied())
                     .unwrap_or(usize::MAX);
                 *state.refusals.entry((kind, api, reason)).or_default() += 1;
             } else if matches!(record.status, 502..=504) {
@@ -246,14 +262,11 @@ impl CoreMetrics {
         }
     }
 
-    /// A copy of everything counted so far; `snapshot` names the APIs refusals were counted by.
+    /// A copy of everything counted so far; `snapshot` names the listeners.
     pub fn report(&self, snapshot: &Snapshot) -> MetricsReport {
         let state = self.state.borrow();
-        let api_name = |api: usize| -> Box<str> {
-            snapshot
-                .apis
-                .get(api)
-                .map_or_else(|| "".into(), |a| a.name.clone())
+        let api_name = |slot: usize| -> Box<str> {
+            state.apis.get(slot).cloned().unwrap_or_else(|| "".into())
         };
         MetricsReport {
             routes: state.routes.clone(),

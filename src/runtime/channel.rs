@@ -98,9 +98,24 @@ impl ControlSender {
         if self.messages.send(message).is_err() {
             return false;
         }
+        self.wake();
+        true
+    }
+
+    /// Like [`ControlSender::send`], but gives up at `deadline` when the core's queue stays
+    /// full (a core that does not read its queue must not hang the control side).
+    pub fn send_by(&self, message: ControlMsg, deadline: std::time::Instant) -> bool {
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        if self.messages.send_timeout(message, wait).is_err() {
+            return false;
+        }
+        self.wake();
+        true
+    }
+
+    fn wake(&self) {
         // A full socket buffer means wake-ups are already pending: nothing to add.
         let _ = (&self.wake).write(&[1]);
-        true
     }
 }
 

@@ -123,8 +123,17 @@ impl AuditRecord {
 /// Checks a chain from its first record: sequence numbers without gaps, each record linked to
 /// the one before, each hash matching its content. Returns the number of records.
 pub fn verify<'r>(records: impl IntoIterator<Item = &'r AuditRecord>) -> Result<u64, ChainError> {
-    let mut prev_seq = 0;
-    let mut prev_hash = GENESIS.to_string();
+    verify_segment(records, (0, GENESIS))
+}
+
+/// Like [`verify`] for a part of a chain that follows record `after.0` whose hash is `after.1`
+/// (a rotated copy); returns the last sequence number.
+pub fn verify_segment<'r>(
+    records: impl IntoIterator<Item = &'r AuditRecord>,
+    after: (u64, &str),
+) -> Result<u64, ChainError> {
+    let mut prev_seq = after.0;
+    let mut prev_hash = after.1.to_string();
     for record in records {
         if record.seq != prev_seq + 1 {
             return Err(ChainError::Gap {
@@ -210,6 +219,9 @@ mod tests {
                 found: 4
             })
         );
+        let tail = &chain(5)[2..];
+        assert_eq!(verify_segment(tail, (2, &chain(5)[1].hash)), Ok(5));
+        assert!(verify_segment(tail, (2, GENESIS)).is_err());
         let mut edited = chain(5);
         edited[3].entry.actor = "mallory".into();
         assert_eq!(verify(&edited), Err(ChainError::Altered(4)));

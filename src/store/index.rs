@@ -98,15 +98,26 @@ fn revoke_jwt(index: &mut CredentialIndex, record: &JwtRevocationRecord) {
 /// object left out.
 pub fn lay_over(index: &mut CredentialIndex, contents: &StoreContents) -> Vec<String> {
     let mut warnings = Vec::new();
+    let mut left_out = std::collections::HashSet::new();
     for record in &contents.consumers {
         if let Err(error) = index.add_consumer(consumer(record)) {
             warnings.push(format!(
                 "store consumer left out: {error} (also in the config)"
             ));
+            left_out.insert(record.id.as_str());
         }
     }
     let mut lookup = String::new();
     for record in &contents.credentials {
+        if left_out.contains(record.consumer.as_str()) {
+            // Its consumer is shadowed by a config consumer of the same id: attaching the
+            // credential to that one would let it authenticate as someone else.
+            warnings.push(format!(
+                "store credential {} left out: its consumer {} is shadowed by the config",
+                record.id, record.consumer
+            ));
+            continue;
+        }
         let owner = match index.consumer(&record.consumer) {
             Some(owner) => owner.clone(),
             // A deleted consumer's credentials are all revoked: they stay in the index (with a
@@ -165,6 +176,14 @@ pub fn apply(index: &mut CredentialIndex, write: &Write) -> Result<(), String> {
         Write::Consumer(record) => index.put_consumer(consumer(record)),
         Write::Credential(record) => {
             let handle = handle(record);
+            if let Some(existing) = index.get(&handle) {
+                if *existing.id != *record.id {
+                    return Err(format!(
+                        "credential {}: its handle is held by credential {} (from the config)",
+                        record.id, existing.id
+                    ));
+                }
+            }
             let owner = index
                 .consumer(&record.consumer)
                 .cloned()
