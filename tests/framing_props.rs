@@ -86,7 +86,7 @@ struct Parsed {
 }
 
 /// Fields the gateway owns or removes on the way (hop-by-hop, its own `X-Forwarded-*` and
-/// `X-Request-Id`, framing) — everything else must arrive unchanged.
+/// `X-Request-Id`, trace context, framing) — everything else must arrive unchanged.
 fn end_to_end(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     if lower.starts_with("x-client-cert-") || lower.starts_with("x-forwarded-") {
@@ -109,6 +109,8 @@ fn end_to_end(name: &str) -> bool {
         "x-forwarded-proto",
         "x-forwarded-host",
         "x-request-id",
+        "traceparent",
+        "tracestate",
     ]
     .contains(&lower.as_str())
 }
