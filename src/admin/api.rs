@@ -778,6 +778,19 @@ impl Api {
     fn create_credential(&self, caller: &Caller, consumer: &str, request: &AdminRequest) -> Answer {
         let new: NewCredential = body(request)?;
         let now = unix_now();
+        // The password hash (deliberately slow) is made before the lock is taken, so it does
+        // not hold up other admin requests.
+        let password_hash = match &new {
+            NewCredential::Basic { password, .. }
+                if password.chars().count() >= MIN_PASSWORD_CHARS =>
+            {
+                Some(
+                    PasswordHash::new(password.as_bytes(), crate::auth::basic::DEFAULT_ITERATIONS)
+                        .encode(),
+                )
+            }
+            _ => None,
+        };
         let mut state = self.plane.lock();
         let known = state
             .config
@@ -876,9 +889,7 @@ impl Api {
                         "password must be at least {MIN_PASSWORD_CHARS} characters"
                     )));
                 }
-                let hash =
-                    PasswordHash::new(password.as_bytes(), crate::auth::basic::DEFAULT_ITERATIONS)
-                        .encode();
+                let hash = password_hash.clone().unwrap_or_default();
                 (
                     CredentialKind::Basic,
                     random_id("cred_"),

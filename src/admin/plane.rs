@@ -528,7 +528,7 @@ mod tests {
             &config,
             config.resolved.credentials.clone(),
         ));
-        let (stuck, _peer, _receiver) = crate::runtime::channel::control_channel().unwrap();
+        let (stuck, _peer, receiver) = crate::runtime::channel::control_channel().unwrap();
         auth.attach(vec![stuck.try_clone().unwrap()]);
         let plane = ControlPlane::new(
             config,
@@ -563,6 +563,19 @@ mod tests {
             auth.propagation_status().confirmed,
             vec![1],
             "the core never confirmed"
+        );
+        // The core applies it late: the status shows it caught up.
+        match receiver.try_next_control() {
+            Some(ControlMsg::Auth(adopted, ack)) => {
+                assert_eq!(adopted.epoch, 2);
+                ack.send(0).unwrap();
+            }
+            _ => panic!("the change was not queued for the core"),
+        }
+        assert_eq!(
+            auth.propagation_status().confirmed,
+            vec![2],
+            "the late ack counts"
         );
         drop(state);
         plane.stop();

@@ -58,7 +58,13 @@ struct Published {
     last: Option<Propagation>,
     /// Per issuer name: JWKS fetches and when its keys were last loaded.
     jwks: std::collections::BTreeMap<String, JwksCounts>,
+    /// Publications some core had not acked by the deadline: their ack channels, read later
+    /// so a late core shows as caught up.
+    late: Vec<(u64, Receiver<usize>)>,
 }
+
+/// Publications whose late acks are still awaited, at most.
+const LATE_PUBLICATIONS: usize = 32;
 
 /// One issuer's key loads, for `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -146,9 +152,28 @@ impl Published {
                 epoch = self.state.epoch,
                 "auth update: not every core confirmed in time"
             );
+            if self.late.len() >= LATE_PUBLICATIONS {
+                self.late.remove(0);
+            }
+            self.late.push((self.state.epoch, acks));
         }
         self.last = Some(propagation);
         propagation
+    }
+
+    /// Records the acks that arrived after their publication's deadline.
+    fn collect_late_acks(&mut self) {
+        let mut late = std::mem::take(&mut self.late);
+        late.retain(|(epoch, acks)| loop {
+            match acks.try_recv() {
+                Ok(core) => self.confirm(core, *epoch),
+                // Some core still holds the message (queued, not yet applied).
+                Err(crossbeam_channel::TryRecvError::Empty) => return true,
+                // Every copy of the message was applied or dropped.
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return false,
+            }
+        });
+        self.late = late;
     }
 
     fn confirm(&mut self, core: usize, epoch: u64) {
@@ -237,6 +262,7 @@ impl AuthService {
             confirmed: Vec::new(),
             last: None,
             jwks: Default::default(),
+            late: Vec::new(),
         }));
         note_file_keys(&mut shared.lock().expect("auth state lock").jwks, config);
         let (refetch, requests) = crossbeam_channel::bounded(1024);
@@ -318,7 +344,8 @@ impl AuthService {
 
     /// Epochs per core and the last propagation.
     pub fn propagation_status(&self) -> PropagationStatus {
-        let shared = self.shared.lock().expect("auth state lock");
+        let mut shared = self.shared.lock().expect("auth state lock");
+        shared.collect_late_acks();
         PropagationStatus {
             epoch: shared.state.epoch,
             confirmed: shared.confirmed.clone(),

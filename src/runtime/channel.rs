@@ -140,6 +140,14 @@ pub struct ControlStream {
     buf: Option<Vec<u8>>,
 }
 
+#[cfg(test)]
+impl ControlReceiver {
+    /// A control message already queued (tests play a core by hand).
+    pub fn try_next_control(&self) -> Option<ControlMsg> {
+        self.messages.try_recv().ok()
+    }
+}
+
 impl ControlStream {
     /// A peer message already queued, without waiting.
     pub fn try_next_peer(&mut self) -> Option<LeaseMsg> {
