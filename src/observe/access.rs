@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A core hands its batch to the writer once it holds more than this many bytes (and from the
 /// core's upkeep every 100 ms).
-pub const BATCH_BYTES: usize = 32 * 1024;
+pub const BATCH_BYTES: usize = 128 * 1024;
 
 /// Whether the gateway let the request through to the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,6 +391,15 @@ fn push_u64(out: &mut Vec<u8>, n: u64) {
 pub fn push_json_str(out: &mut Vec<u8>, value: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
+    // The common case (ids, names, paths): printable ASCII with nothing to escape goes as is.
+    if value
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.extend_from_slice(value);
+        out.push(b'"');
+        return;
+    }
     for chunk in value.utf8_chunks() {
         for &b in chunk.valid().as_bytes() {
             match b {

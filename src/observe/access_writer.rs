@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Batches (of about 32 KiB each) that may wait for the writer, all cores together.
-const QUEUE_BATCHES: usize = 256;
+/// Batches (of about 128 KiB each) that may wait for the writer, all cores together.
+const QUEUE_BATCHES: usize = 64;
 /// Emptied batches kept for reuse.
-const SPARE_BATCHES: usize = 64;
+const SPARE_BATCHES: usize = 16;
 /// How long the control thread waits to queue a reopen or stop request.
 const CONTROL_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
