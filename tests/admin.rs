@@ -1784,3 +1784,50 @@ fn a_rotated_audit_copy_still_verifies() {
     let out = f.audit_verify();
     assert_eq!(out.code(), Some(1), "{}", out.combined());
 }
+
+/// TLS on the admin listener: the API answers over TLS with the configured certificate, a
+/// plain-text request on that port gets no HTTP answer, and `check` refuses a non-loopback admin
+/// address without TLS.
+#[test]
+fn the_admin_api_speaks_tls_when_configured_and_public_addresses_need_it() {
+    use common::pki::{client_config, Ca, BOTH};
+    let ca = Ca::new("admin CA");
+    let server = ca.server(&["localhost"]);
+    let files = DataDir::new();
+    fs::write(files.file("admin.pem"), &server.cert_pem).expect("write cert");
+    fs::write(files.file("admin.key"), &server.key_pem).expect("write key");
+    let setup = Setup {
+        admin: format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            files.file("admin.pem"),
+            files.file("admin.key")
+        ),
+        ..Setup::keys()
+    };
+    let f = Fixture::start(setup);
+    let mut client =
+        Client::try_connect_tls(f.admin, client_config(&ca.pem(), BOTH, None), "localhost")
+            .expect("TLS handshake with the admin listener");
+    let raw = format!(
+        "GET /v1/status HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        tokens().auditor
+    );
+    let response = client.request(raw.as_bytes());
+    assert_eq!(response.status, 200, "{}", response.body_str());
+    assert!(json(&response.body_str())["cores"].is_array());
+    // Plain text on the TLS port: no HTTP answer.
+    assert!(
+        try_admin(f.admin, "GET", "/v1/status", Some(&tokens().auditor), None).is_err(),
+        "a plain-text request was answered on the TLS admin port"
+    );
+
+    let public = ConfigBuilder::new(free_port(), &[free_port()]).build()
+        + "\n[admin]\naddress = \"0.0.0.0:9901\"\n";
+    let (_file, out) = check(&public);
+    assert_eq!(out.code(), Some(1), "{}", out.combined());
+    assert!(
+        out.combined().contains("not loopback"),
+        "{}",
+        out.combined()
+    );
+}
