@@ -343,12 +343,13 @@ fn page_size(request: &AdminRequest) -> Result<usize, AdminError> {
     }
 }
 
-fn expires_at(text: Option<&str>, now: i64) -> Result<Option<i64>, AdminError> {
+/// The RFC 3339 time of field `name`, when given; it must be after `now`.
+fn future_time(name: &str, text: Option<&str>, now: i64) -> Result<Option<i64>, AdminError> {
     let Some(text) = text else { return Ok(None) };
     let at = parse_rfc3339(text)
-        .ok_or_else(|| invalid(format!("expires_at `{text}` must be an RFC 3339 time")))?;
+        .ok_or_else(|| invalid(format!("{name} `{text}` must be an RFC 3339 time")))?;
     if at <= now {
-        return Err(invalid("expires_at must be in the future"));
+        return Err(invalid(format!("{name} must be in the future")));
     }
     Ok(Some(at))
 }
@@ -907,7 +908,7 @@ impl Api {
             handle,
             secret,
             scopes: scopes(scopes_list)?,
-            expires_at: expires_at(expires.as_deref(), now)?,
+            expires_at: future_time("expires_at", expires.as_deref(), now)?,
             revoked_at: None,
             created_at: now,
             replaced_by: None,
@@ -1099,14 +1100,8 @@ impl Api {
                 claim.name()
             )));
         }
-        let until = match new.until.as_deref() {
-            None => now + DEFAULT_JWT_REVOCATION_SECS,
-            Some(text) => match parse_rfc3339(text) {
-                Some(t) if t > now => t,
-                Some(_) => return Err(invalid("until must be in the future")),
-                None => return Err(invalid(format!("until `{text}` must be an RFC 3339 time"))),
-            },
-        };
+        let until = future_time("until", new.until.as_deref(), now)?
+            .unwrap_or(now + DEFAULT_JWT_REVOCATION_SECS);
         let mut state = self.plane.lock();
         if !state
             .config

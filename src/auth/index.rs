@@ -25,6 +25,34 @@ pub struct Consumer {
 }
 
 impl Consumer {
+    /// A consumer as the config and the store describe one.
+    pub fn new(
+        id: &str,
+        tenant: &str,
+        groups: &[String],
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Consumer {
+        Consumer {
+            id: id.into(),
+            tenant: tenant.into(),
+            groups: groups.iter().map(|g| g.as_str().into()).collect(),
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                .collect(),
+        }
+    }
+
+    /// A consumer known by its id only: default tenant, no groups, no metadata.
+    pub fn bare(id: &str) -> Consumer {
+        Consumer {
+            id: id.into(),
+            tenant: DEFAULT_TENANT.into(),
+            groups: Box::new([]),
+            metadata: Box::new([]),
+        }
+    }
+
     /// A metadata value.
     pub fn metadata(&self, key: &str) -> Option<&str> {
         self.metadata

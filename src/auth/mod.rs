@@ -23,7 +23,7 @@ use crate::http::headers::push_field_escaped;
 use crate::tls::certificate::ClientIdentity;
 use cache::{cache_key, Cached, VerifiedCache};
 use crossbeam_channel::Sender;
-use index::{Consumer, Credential, CredentialIndex, DEFAULT_TENANT};
+use index::{Consumer, Credential, CredentialIndex};
 use jwks::KeySet;
 use keys::AlgorithmSet;
 use std::cell::{Cell, RefCell};
@@ -850,15 +850,7 @@ impl Ctx<'_> {
                         match state.credentials.consumer(&subject) {
                             Some(consumer) => (consumer.clone(), credential_id),
                             None if issuer.require_consumer => return Ok(Err(invalid)),
-                            None => (
-                                Arc::new(Consumer {
-                                    id: subject.as_str().into(),
-                                    tenant: DEFAULT_TENANT.into(),
-                                    groups: Box::new([]),
-                                    metadata: Box::new([]),
-                                }),
-                                credential_id,
-                            ),
+                            None => (Arc::new(Consumer::bare(&subject)), credential_id),
                         }
                     }
                 };

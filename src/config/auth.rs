@@ -480,16 +480,12 @@ impl super::Config {
                 p.on(&consumer.id, "consumers.id must not be empty".into());
                 continue;
             }
-            let record = Arc::new(Consumer {
-                id: id.as_str().into(),
-                tenant: consumer.tenant.as_deref().unwrap_or(DEFAULT_TENANT).into(),
-                groups: consumer.groups.iter().map(|g| g.as_str().into()).collect(),
-                metadata: consumer
-                    .metadata
-                    .iter()
-                    .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
-                    .collect(),
-            });
+            let record = Arc::new(Consumer::new(
+                id,
+                consumer.tenant.as_deref().unwrap_or(DEFAULT_TENANT),
+                &consumer.groups,
+                &consumer.metadata,
+            ));
             if let Err(err) = index.add_consumer(record.clone()) {
                 p.on(&consumer.id, err.to_string());
                 continue;

@@ -298,18 +298,14 @@ impl CoreAccessLog {
 
     /// Formats a finished request into the batch (unless sampled out); hands the batch over
     /// when it is large enough.
-    pub fn record(&self, record: &AccessRecord, snapshot: &Snapshot) {
+    /// `now`: when the request ended (its duration is measured to it).
+    pub fn record(&self, record: &AccessRecord, snapshot: &Snapshot, now: Instant) {
         if !self.sampler.keep(record.status) {
             return;
         }
         let full = {
             let mut batch = self.batch.borrow_mut();
-            record.write_json(
-                Some(snapshot),
-                SystemTime::now(),
-                Instant::now(),
-                &mut batch,
-            );
+            record.write_json(Some(snapshot), SystemTime::now(), now, &mut batch);
             self.lines.set(self.lines.get() + 1);
             batch.len() > BATCH_BYTES
         };
@@ -591,12 +587,12 @@ mod tests {
             ..Default::default()
         };
         for _ in 0..3 {
-            log.record(&record, &snapshot);
+            log.record(&record, &snapshot, Instant::now());
         }
         log.flush();
         assert_eq!(log.dropped(), 0);
         for _ in 0..2 {
-            log.record(&record, &snapshot);
+            log.record(&record, &snapshot, Instant::now());
         }
         // The queue holds one batch and nobody reads it: this one is dropped, not waited for.
         log.flush();
@@ -608,7 +604,7 @@ mod tests {
             target: vec![b'a'; BATCH_BYTES],
             ..Default::default()
         };
-        log.record(&big, &snapshot);
+        log.record(&big, &snapshot, Instant::now());
         assert_eq!(log.dropped(), 3);
     }
 }

@@ -247,12 +247,14 @@ impl Core {
     /// Logs a finished request (when the access log is on) and clears the record for the
     /// connection's next request.
     pub fn log_access(&self, record: &mut AccessRecord, snapshot: &Snapshot) {
-        let duration_us = record
-            .start
-            .map_or(0, |start| crate::observe::access::micros(start.elapsed()));
+        // One clock read serves the metrics and the access line.
+        let now = std::time::Instant::now();
+        let duration_us = record.start.map_or(0, |start| {
+            crate::observe::access::micros(now.saturating_duration_since(start))
+        });
         self.metrics.observe(record, snapshot, duration_us);
         if let Some(log) = &self.access_log {
-            log.record(record, snapshot);
+            log.record(record, snapshot, now);
         }
         record.clear();
     }

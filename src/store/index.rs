@@ -36,16 +36,12 @@ pub fn handle(record: &CredentialRecord) -> Handle {
 }
 
 pub fn consumer(record: &ConsumerRecord) -> Arc<Consumer> {
-    Arc::new(Consumer {
-        id: record.id.as_str().into(),
-        tenant: record.tenant.as_str().into(),
-        groups: record.groups.iter().map(|g| g.as_str().into()).collect(),
-        metadata: record
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
-            .collect(),
-    })
+    Arc::new(Consumer::new(
+        &record.id,
+        &record.tenant,
+        &record.groups,
+        &record.metadata,
+    ))
 }
 
 /// The index entry of a stored credential, owned by `consumer`.
@@ -122,12 +118,7 @@ pub fn lay_over(index: &mut CredentialIndex, contents: &StoreContents) -> Vec<St
             Some(owner) => owner.clone(),
             // A deleted consumer's credentials are all revoked: they stay in the index (with a
             // bare consumer) so they keep being refused as `revoked`.
-            None if record.revoked_at.is_some() => Arc::new(Consumer {
-                id: record.consumer.as_str().into(),
-                tenant: crate::auth::index::DEFAULT_TENANT.into(),
-                groups: Box::new([]),
-                metadata: Box::new([]),
-            }),
+            None if record.revoked_at.is_some() => Arc::new(Consumer::bare(&record.consumer)),
             None => {
                 warnings.push(format!(
                     "store credential {} left out: its consumer {} does not exist",
