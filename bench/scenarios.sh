@@ -17,6 +17,10 @@ scenario_reset() {
     S_HEADER_FILE=""       # one "Name: value" per line, rotated: request i carries line i mod n
     S_TLS="no"             # "yes": the client speaks TLS to the proxy (ECDSA P-256, same cert for all)
     S_CONNECTIONS=""       # overrides --connections for this scenario
+    S_KIND="load"          # "load": closed- and open-loop runs; "idle": open idle connections
+                           # and measure the proxy's memory per connection (no load)
+    S_MAX_CONNS=""         # the peers' connection limits (nginx worker_connections, haproxy
+                           # maxconn) when the scenario needs more than their bench defaults
     S_RATE=""              # overrides --rate (open loop) for this scenario
     S_LOADGEN_ARGS=()      # extra cflow-load arguments (e.g. --no-resume); wrk cannot take them
     S_NEEDS_CFLOW_LOAD=""  # why the scenario needs cflow-load: with --loadgen wrk it is skipped
@@ -84,6 +88,16 @@ scenario_conn_churn() {
 
 # --- Not in the default set -------------------------------------------------------------------
 
+# Idle keep-alive connections: $IDLE_CONNECTIONS connections (bench/run --idle-connections,
+# default 10 000), one request each, then idle; the proxy's resident memory before and after, per
+# connection. Memory is stable, so the scenario runs in the first round only.
+scenario_idle_conns() {
+    S_DESC="Idle keep-alive client connections, one GET / each: growth of the proxy's resident memory per connection."
+    S_KIND="idle"
+    S_EXPECT_BODY="hello from upstream"
+    S_MAX_CONNS=$((IDLE_CONNECTIONS + 2000))
+}
+
 # TLS scenarios: every peer terminates TLS with the same ECDSA P-256 certificate
 # ($ASSETS/tls/cert.pem, key.pem; issued by $ASSETS/tls/ca.pem), TLS 1.2 and 1.3 allowed (the
 # client negotiates 1.3), session tickets on. The server side is the same in every TLS scenario;
@@ -102,6 +116,14 @@ scenario_tls() {
 }
 # The scenario's former name.
 scenario_tls_plain() { scenario_tls; }
+
+# Idle TLS connections: as idle-conns, over TLS 1.3 (one full handshake and one request each).
+scenario_idle_conns_tls() {
+    tls_common
+    S_DESC="Idle keep-alive TLS 1.3 client connections, one GET / each: growth of the proxy's resident memory per connection."
+    S_KIND="idle"
+    S_MAX_CONNS=$((IDLE_CONNECTIONS + 2000))
+}
 
 # A new TLS connection per request, full handshake each time (the client never resumes).
 scenario_tls_handshake_full() {

@@ -4,6 +4,8 @@
 Subcommands:
   measure   sample the CPU time of process trees, run a command, sample again (one window)
   rss       resident memory of a process tree, in KiB
+  idle      open N keep-alive connections (one request each, then idle) and report the growth
+            of a process tree's resident memory per connection
   parse     turn load-generator output (cflow-load --json, or wrk) into one JSON object
   record    one (scenario, peer, round) record from the measured phases
   combine   meta + run records → the results JSON
@@ -249,6 +251,9 @@ def cmd_record(args):
     rec = {"scenario": args.scenario, "peer": args.peer, "round": args.round}
     if args.skipped:
         rec["skipped"] = args.skipped
+    elif args.idle:
+        with open(args.idle) as f:
+            rec["idle"] = json.load(f)
     else:
         rec["closed"] = phase_record(args.closed, args.kind)
         if args.open:
@@ -284,6 +289,98 @@ def cmd_combine(args):
                 runs.append(json.load(f))
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "runs": runs}, f, indent=1)
+
+
+# --------------------------------------------------------------------------- idle connections
+
+def read_response(sock):
+    """Reads one HTTP/1.1 response with a Content-Length body; returns its status."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before the response head")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length = None
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    if length is None:
+        raise ConnectionError("response without Content-Length")
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed in the response body")
+        body += chunk
+    return status
+
+
+def cmd_idle(args):
+    import resource
+    import select
+    import socket
+    import ssl
+    import struct
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = args.connections + 256
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, need), hard))
+    ctx = None
+    if args.tls_ca:
+        ctx = ssl.create_default_context(cafile=args.tls_ca)
+    request = (f"GET {args.path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\n"
+               f"User-Agent: benchtool-idle\r\n\r\n").encode()
+    time.sleep(args.settle)
+    before = tree_rss_kib(args.pid)
+    socks, statuses, errors = [], {}, {}
+    started = time.monotonic()
+    for _ in range(args.connections):
+        try:
+            raw = socket.create_connection((args.host, args.port), timeout=10)
+            # Reset instead of TIME_WAIT when closed: many runs reuse the port range.
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock = ctx.wrap_socket(raw, server_hostname=args.host) if ctx else raw
+            if not args.no_request:
+                sock.sendall(request)
+                status = read_response(sock)
+                statuses[status] = statuses.get(status, 0) + 1
+            socks.append(sock)
+        except (OSError, ValueError) as err:
+            key = type(err).__name__
+            errors[key] = errors.get(key, 0) + 1
+    opened_s = time.monotonic() - started
+    time.sleep(args.settle)
+    after = tree_rss_kib(args.pid)
+    # Still open? A closed connection polls as POLLRDHUP/POLLHUP.
+    poller = select.poll()
+    for sock in socks:
+        poller.register(sock.fileno(), select.POLLRDHUP | select.POLLHUP)
+    closed = len(poller.poll(0))
+    for sock in socks:
+        sock.close()
+    grown = (after - before) * 1024
+    result = {
+        "connections": args.connections,
+        "opened": len(socks),
+        "still_open": len(socks) - closed,
+        "requests": not args.no_request,
+        "tls": bool(ctx),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "errors": errors,
+        "open_seconds": round(opened_s, 2),
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "bytes_per_connection": round(grown / len(socks)) if socks else None,
+    }
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"idle: {len(socks)} connections ({len(socks) - closed} still open), RSS "
+          f"{before} → {after} KiB: {result['bytes_per_connection']} B per connection",
+          file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- run metadata
@@ -359,6 +456,7 @@ def cmd_meta(args):
                    "loadgen_threads": int(e["LOADGEN_THREADS"]), "workers": int(e["WORKERS"])},
         "loadgen": e["LOADGEN"], "duration": e["DURATION"], "warmup": e["WARMUP"],
         "connections": int(e["CONNECTIONS"]), "rate": int(e["RATE"]), "runs": int(e["RUNS"]),
+        "idle_connections": int(e.get("IDLE_CONNECTIONS", "0")),
         "peers": e["PEERS"].split(","),
         "same_headers": e["SAME_HEADERS"] == "yes",
         "scenarios": [scenario_meta(name, desc, args.scenario_opt) for name, desc in args.scenario],
@@ -508,6 +606,43 @@ def tls_summary(name, runs, peers):
     return f"{what}. Handshakes resumed (closed loop, all runs): {shares}.", problems
 
 
+def idle_table(meta, runs, problems):
+    """The table of an idle-connections scenario (one round): memory per idle connection."""
+    out = ["| peer | idle connections | still open | RSS before MiB | RSS after MiB "
+           "| idle B/conn | ×nginx B/conn |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    by_peer = {}
+    for r in runs:
+        by_peer.setdefault(r["peer"], r)
+    nginx = (by_peer.get("nginx") or {}).get("idle") or {}
+    for peer in meta["peers"]:
+        r = by_peer.get(peer)
+        if r is None:
+            continue
+        if r.get("skipped"):
+            out.append(f"| {peer} | skipped: {r['skipped']} | | | | | |")
+            continue
+        i = r["idle"]
+        per = i.get("bytes_per_connection")
+        ratio = (f"{per / nginx['bytes_per_connection']:.2f}"
+                 if per is not None and nginx.get("bytes_per_connection") else "—")
+        out.append(f"| {peer} | {i['opened']} of {i['connections']} | {i['still_open']} "
+                   f"| {i['rss_before_kib'] / 1024:.1f} | {i['rss_after_kib'] / 1024:.1f} "
+                   f"| {per if per is not None else 'n/a'} | {ratio} |")
+        if i["still_open"] < i["connections"] or i.get("errors"):
+            problems.append(f"{peer}: {i['still_open']} of {i['connections']} idle connections "
+                            f"still open, errors {i.get('errors') or {}}")
+        bad = {k: v for k, v in i.get("statuses", {}).items() if not k.startswith("2")}
+        if bad:
+            problems.append(f"{peer}: idle connections' requests got {bad}")
+    out.append("")
+    out.append("idle B/conn is the growth of the proxy's resident memory (all its processes) from "
+               "before the connections were opened to a second after the last one was, divided by "
+               "the connections; the kernel's socket memory is not in it.")
+    out.append("")
+    return out
+
+
 def report_markdown(data):
     meta = data["meta"]
     lines = []
@@ -546,6 +681,9 @@ def report_markdown(data):
         lines.append("")
         lines.append(scenario["description"])
         lines.append("")
+        if scenario.get("kind") == "idle":
+            lines.extend(idle_table(meta, runs, problems))
+            continue
         rate = scenario.get("rate", meta["rate"])
         unit = scenario.get("unit", "req")
         per_s = "handshakes/s" if unit == "handshake" else "req/s"
@@ -669,6 +807,16 @@ def main():
     m.add_argument("command", nargs=argparse.REMAINDER)
     r = sub.add_parser("rss")
     r.add_argument("pid", type=int)
+    i = sub.add_parser("idle")
+    i.add_argument("--pid", type=int, required=True, help="root of the process tree to measure")
+    i.add_argument("--host", default="127.0.0.1")
+    i.add_argument("--port", type=int, required=True)
+    i.add_argument("--path", default="/")
+    i.add_argument("--connections", type=int, default=10000)
+    i.add_argument("--tls-ca", help="speak TLS, trusting this CA file")
+    i.add_argument("--no-request", action="store_true", help="connect only (no request)")
+    i.add_argument("--settle", type=float, default=1.0, help="seconds to wait before each RSS reading")
+    i.add_argument("--out", required=True)
     p = sub.add_parser("parse")
     p.add_argument("kind", choices=["wrk", "cflow"])
     p.add_argument("file")
@@ -682,6 +830,7 @@ def main():
     rc.add_argument("--closed", help="file prefix of the closed-loop phase")
     rc.add_argument("--open", help="file prefix of the open-loop phase")
     rc.add_argument("--rss", type=int, help="proxy RSS in KiB at the end")
+    rc.add_argument("--idle", help="the output of `idle` (an idle-connections scenario)")
     rc.add_argument("--skipped", help="reason the run was not measured")
     rc.add_argument("--out", required=True)
     cb = sub.add_parser("combine")
@@ -694,7 +843,8 @@ def main():
     mt.add_argument("--cflow-load", help="cflow-load binary, when it was used")
     mt.add_argument("--scenario", nargs=2, action="append", default=[], metavar=("NAME", "DESC"))
     mt.add_argument("--scenario-opt", nargs=2, action="append", default=[],
-                    metavar=("NAME", "KEY=VALUE"), help="rate=RPS, unit=handshake, expect_resumed=yes|no")
+                    metavar=("NAME", "KEY=VALUE"),
+                    help="rate=RPS, unit=handshake, expect_resumed=yes|no, kind=idle")
     lr = sub.add_parser("loadgen-record")
     lr.add_argument("prefix")
     lr.add_argument("tool", choices=["wrk", "cflow"])
@@ -711,7 +861,7 @@ def main():
         if args.command and args.command[0] == "--":
             args.command = args.command[1:]
         sys.exit(cmd_measure(args))
-    {"rss": cmd_rss, "parse": cmd_parse, "report": cmd_report, "record": cmd_record,
+    {"rss": cmd_rss, "idle": cmd_idle, "parse": cmd_parse, "report": cmd_report, "record": cmd_record,
      "combine": cmd_combine, "meta": cmd_meta, "loadgen-record": cmd_loadgen_record,
      "loadgen-combine": cmd_loadgen_combine, "loadgen-table": cmd_loadgen_table}[args.cmd](args)
 

@@ -197,10 +197,10 @@ daemon off;
 master_process on;
 worker_processes $WORKERS;
 worker_cpu_affinity auto $(nginx_cpu_mask "$PROXY_CPUS");
-worker_rlimit_nofile 16384;
+worker_rlimit_nofile $(( ${S_MAX_CONNS:-8000} * 2 > 16384 ? ${S_MAX_CONNS:-8000} * 2 : 16384 ));
 pid $1/nginx.pid;
 error_log $1/error.log warn;
-events { worker_connections 8000; }
+events { worker_connections ${S_MAX_CONNS:-8000}; }
 http {
 $(nginx_common_paths "$1")
     access_log ${S_NGINX_ACCESS_LOG:-off};
@@ -242,7 +242,7 @@ config_haproxy() { # DIR PORT
 global
     nbthread $WORKERS
     cpu-map auto:1/1-$WORKERS $(cpu_list_expand "$PROXY_CPUS")
-    maxconn 4000
+    maxconn ${S_MAX_CONNS:-4000}
     $S_HAPROXY_GLOBAL
 
 defaults

@@ -508,10 +508,7 @@ impl CoreLimits {
             self.waiters.borrow_mut().push((key, cx.waker().clone()));
             Poll::Pending
         });
-        monoio::select! {
-            _ = answered => {},
-            _ = monoio::time::sleep(timeout) => {},
-        }
+        let _ = crate::runtime::deadline::timeout_at(Instant::now() + timeout, answered).await;
     }
 
     /// Handles a message from another core.

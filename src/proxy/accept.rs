@@ -7,6 +7,7 @@ use super::core::Core;
 use super::io::{linger_close, tcp_write, ByteStream, IoFail, UpstreamStream};
 use crate::http::problem::write_problem;
 use crate::observe::metrics::TlsOutcome;
+use crate::runtime::deadline::{sleep_until, timeout_at};
 use crate::snapshot::Upstream;
 use crate::tls::certificate::ClientIdentity;
 use crate::tls::stream::TlsStream;
@@ -109,9 +110,7 @@ pub async fn connect_upstream(
     let address = upstream.targets[target];
     let deadline = Instant::now() + upstream.connect_timeout;
     let connect = TcpStream::connect_addr(address);
-    let tcp = match monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), connect)
-        .await
-    {
+    let tcp = match timeout_at(deadline, connect).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(err)) => {
             if let Some(suppressed) = core.warnings.connect.allow(Instant::now()) {
@@ -187,13 +186,10 @@ pub async fn read_proxy_header(
     let mut buf = [0u8; MAX_HEADER_BYTES];
     let mut seen = 0;
     loop {
-        let ready = monoio::select! {
-            ready = tcp.readable(false) => ready,
-            _ = monoio::time::sleep(deadline.saturating_duration_since(Instant::now())) => {
-                return Err(ProxyHeaderError::Timeout)
-            },
-        };
-        ready.map_err(ProxyHeaderError::Io)?;
+        let ready = timeout_at(deadline, tcp.readable(false)).await;
+        ready
+            .map_err(|_| ProxyHeaderError::Timeout)?
+            .map_err(ProxyHeaderError::Io)?;
         // SAFETY: `buf` is a live local buffer of the given length; MSG_DONTWAIT keeps the call
         // from blocking the core.
         let n = unsafe {
@@ -236,7 +232,7 @@ pub async fn read_proxy_header(
                 }
                 if n as usize == seen {
                     // Readable but nothing new: the rest is still on its way.
-                    monoio::time::sleep(Duration::from_millis(1)).await;
+                    sleep_until(Instant::now() + Duration::from_millis(1)).await;
                 }
                 seen = n as usize;
             }

@@ -167,6 +167,8 @@ pub struct Core {
     pub metrics: crate::observe::metrics::CoreMetrics,
     /// Buffers connections take when bytes arrive and give back when an exchange ends.
     pub buffers: BufferPool,
+    /// Spare request states, lent to connections while they serve requests.
+    pub lent: LentPool,
 }
 
 /// A core's spare connection buffers: an idle keep-alive connection holds none, so its memory
@@ -202,6 +204,81 @@ impl BufferPool {
             buf.clear();
             spare.push(buf);
         }
+    }
+}
+
+/// What a connection borrows from its core while it serves requests: the access record (with
+/// the capacity of its text fields) and the places of the response and upstream buffers. Lent
+/// when a request's bytes arrive, given back when the connection goes idle, so an idle
+/// connection holds none of it.
+#[derive(Default)]
+pub struct Lent {
+    pub record: AccessRecord,
+    /// What goes to the client (and the request head upstream).
+    pub out: Vec<u8>,
+    /// What comes from the upstream.
+    pub ubuf: Vec<u8>,
+}
+
+/// A core's spare [`Lent`] states.
+#[derive(Default)]
+pub struct LentPool {
+    // Boxed: a connection holds the box, so lending and giving back move a pointer.
+    #[allow(clippy::vec_box)]
+    spare: RefCell<Vec<Box<Lent>>>,
+}
+
+impl LentPool {
+    /// States kept for reuse at most (beyond that they are freed).
+    const KEEP: usize = 1024;
+
+    /// Lends a state to `slot` unless it holds one.
+    pub fn lend(&self, slot: &mut LentSlot) {
+        if slot.0.is_none() {
+            slot.0 = Some(self.spare.borrow_mut().pop().unwrap_or_default());
+        }
+    }
+
+    /// Takes the state back from `slot`: its record must have been logged and cleared, its
+    /// buffers given back to the [`BufferPool`].
+    pub fn give(&self, slot: &mut LentSlot) {
+        if let Some(lent) = slot.0.take() {
+            let mut spare = self.spare.borrow_mut();
+            if spare.len() < Self::KEEP {
+                spare.push(lent);
+            }
+        }
+    }
+}
+
+/// The [`Lent`] state a connection holds while it serves requests. Using it while it is not
+/// lent is a bug in the request loop, which lends it before a request's first phase and
+/// takes it back only when the connection goes idle.
+#[derive(Default)]
+pub struct LentSlot(Option<Box<Lent>>);
+
+impl LentSlot {
+    /// The state, when lent.
+    pub fn get_mut(&mut self) -> Option<&mut Lent> {
+        self.0.as_deref_mut()
+    }
+}
+
+impl std::ops::Deref for LentSlot {
+    type Target = Lent;
+
+    fn deref(&self) -> &Lent {
+        self.0
+            .as_deref()
+            .expect("the request loop lends its state before using it")
+    }
+}
+
+impl std::ops::DerefMut for LentSlot {
+    fn deref_mut(&mut self) -> &mut Lent {
+        self.0
+            .as_deref_mut()
+            .expect("the request loop lends its state before using it")
     }
 }
 
@@ -241,6 +318,7 @@ impl Core {
             access_log,
             metrics: Default::default(),
             buffers: BufferPool::default(),
+            lent: LentPool::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! connection. A timed-out operation is cancelled and the connection is expected to be closed by
 //! the caller.
 
+use crate::runtime::deadline::{timeout_at, Elapsed};
 use crate::tls::stream::TlsStream;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -51,10 +52,12 @@ pub trait ByteStream {
 
     /// Waits until reading would not block, before `deadline`, without holding a buffer
     /// (an idle connection then needs none). Streams with their own buffering (TLS) return
-    /// at once.
-    async fn wait_readable(&mut self, _deadline: Instant) -> Result<(), IoFail> {
-        Ok(())
-    }
+    /// at once. Not an `async fn`: the idle connection keeps this future, so it is the timed
+    /// poll itself and nothing around it.
+    fn wait_readable(
+        &mut self,
+        deadline: Instant,
+    ) -> impl std::future::Future<Output = Result<std::io::Result<()>, Elapsed>>;
 
     /// Ends the stream's own framing before the socket is closed (TLS: a close_notify alert).
     async fn finish(&mut self);
@@ -88,12 +91,11 @@ impl ByteStream for TcpStream {
         tcp_write(self, buf, range, Instant::now() + timeout).await
     }
 
-    async fn wait_readable(&mut self, deadline: Instant) -> Result<(), IoFail> {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        monoio::select! {
-            ready = self.readable(false) => ready.map_err(IoFail::Error),
-            _ = monoio::time::sleep(wait) => Err(IoFail::Timeout),
-        }
+    fn wait_readable(
+        &mut self,
+        deadline: Instant,
+    ) -> impl std::future::Future<Output = Result<std::io::Result<()>, Elapsed>> {
+        timeout_at(deadline, self.readable(false))
     }
 
     async fn finish(&mut self) {}
@@ -136,6 +138,13 @@ impl ByteStream for UpstreamStream {
         }
     }
 
+    fn wait_readable(
+        &mut self,
+        _deadline: Instant,
+    ) -> impl std::future::Future<Output = Result<std::io::Result<()>, Elapsed>> {
+        std::future::ready(Ok(Ok(())))
+    }
+
     async fn finish(&mut self) {
         if let UpstreamStream::Tls(tls) = self {
             tls.finish().await;
@@ -164,9 +173,9 @@ pub async fn tcp_read(
     let owned = std::mem::take(buf);
     let len = owned.len();
     let read = stream.read(owned.slice_mut(len..));
-    let (result, slice) = monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), read)
+    let (result, slice) = timeout_at(deadline, read)
         .await
-        .map_err(|_| IoFail::Timeout)?;
+        .map_err(|Elapsed| IoFail::Timeout)?;
     *buf = slice.into_inner();
     match result {
         Ok(0) => Err(IoFail::Closed),
@@ -187,10 +196,9 @@ pub async fn tcp_write(
     }
     let owned = std::mem::take(buf);
     let write = AsyncWriteRentExt::write_all(stream, monoio::buf::IoBuf::slice(owned, range));
-    let (result, slice) =
-        monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), write)
-            .await
-            .map_err(|_| IoFail::Timeout)?;
+    let (result, slice) = timeout_at(deadline, write)
+        .await
+        .map_err(|Elapsed| IoFail::Timeout)?;
     *buf = slice.into_inner();
     result.map(|_| ()).map_err(IoFail::Error)
 }

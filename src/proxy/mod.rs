@@ -9,7 +9,10 @@ pub mod core;
 pub mod io;
 pub mod request_id;
 
+use self::core::LentSlot;
 pub use self::core::{Core, CoreTls, Generation};
+use crate::filter::connections::Admitted;
+use std::pin::Pin;
 
 use crate::access;
 use crate::auth::{self, Outcome, Presented, Source};
@@ -28,6 +31,7 @@ use crate::limit::{FailureThrottle, KeyFacts, Verdict};
 use crate::observe::access::{micros, reason_for_status, AccessRecord, Decision};
 use crate::observe::trace::{self, TraceMode};
 use crate::router::{ParamRange, PathPattern, RouteMatch, MAX_PATH_PARAMS};
+use crate::runtime::deadline::sleep_until;
 use crate::snapshot::Upstream;
 use crate::tls::certificate::ClientIdentity;
 use io::{linger_close, ByteStream, IoFail, UpstreamStream};
@@ -193,27 +197,36 @@ struct ClientInfo {
     /// The connection's client address: the PROXY protocol source, else the TCP peer. A
     /// request's client address may differ behind trusted proxies (`X-Forwarded-For`).
     peer: IpAddr,
-    /// The connection arrived over TLS.
-    tls: bool,
-    /// The negotiated TLS version (`TLSv1.3`, `TLSv1.2`) on a TLS connection.
+    /// The negotiated TLS version (`TLSv1.3`, `TLSv1.2`) on a TLS connection; `None` on a
+    /// plain one.
     tls_version: Option<&'static str>,
     /// The verified client certificate (mTLS), for the authentication phase.
-    identity: Option<Rc<ClientIdentity>>,
+    certificate: Option<Box<ClientCertificate>>,
+}
+
+/// A connection's verified client certificate.
+struct ClientCertificate {
+    identity: Rc<ClientIdentity>,
     /// The identity as upstream request fields, formatted on first use and then reused for
     /// every request of the connection.
-    identity_fields: OnceCell<Vec<u8>>,
+    fields: OnceCell<Vec<u8>>,
 }
 
 impl ClientInfo {
     /// The `X-Client-Cert-*` field lines for the verified client certificate (empty without
     /// one).
     fn identity_fields(&self) -> &[u8] {
-        match &self.identity {
+        match &self.certificate {
             None => &[],
-            Some(identity) => self
-                .identity_fields
-                .get_or_init(|| client_cert_fields(identity)),
+            Some(certificate) => certificate
+                .fields
+                .get_or_init(|| client_cert_fields(&certificate.identity)),
         }
+    }
+
+    /// The connection arrived over TLS.
+    fn tls(&self) -> bool {
+        self.tls_version.is_some()
     }
 }
 
@@ -227,103 +240,163 @@ struct Connection<C> {
     info: ClientInfo,
     inbuf: Vec<u8>,
     pos: usize,
-    out: Vec<u8>,
-    ubuf: Vec<u8>,
-    served: u64,
-    /// The access record of the current request (reused for every request).
-    record: AccessRecord,
+    /// The access record and the output and upstream buffers, lent by the core while the
+    /// connection is not idle.
+    lent: LentSlot,
 }
 
-/// Serves one accepted client connection until it closes: the PROXY protocol header when the
-/// listener expects one (phase 1), the connection caps, the TLS handshake when the listener
-/// terminates TLS, then the request loop.
-pub async fn serve_connection(core: Rc<Core>, listener: usize, tcp: TcpStream, peer: SocketAddr) {
+/// Serves one accepted client connection until it closes. The set-up — the PROXY protocol
+/// header when the listener expects one (phase 1), the connection caps, the TLS handshake when
+/// the listener terminates TLS — runs in a future of its own, boxed and freed once it is done;
+/// the request loop then runs in the task's own state. That state is all an idle keep-alive
+/// connection keeps, so nothing else lives in it.
+pub fn serve_connection(
+    core: Rc<Core>,
+    listener: usize,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> impl std::future::Future<Output = ()> {
     core.active_connections
         .set(core.active_connections.get() + 1);
-    serve_accepted(&core, listener, tcp, peer).await;
+    let setup = Box::pin(accept_connection(core.clone(), listener, tcp, peer));
+    serve_accepted(core, setup)
+}
+
+/// A connection past its set-up.
+#[allow(clippy::large_enum_variant)] // the plain connection stays in the task's own state
+enum Accepted {
+    Plain {
+        conn: Connection<TcpStream>,
+        /// The connection's place under the listener's caps, held while it is open.
+        _admitted: Admitted,
+    },
+    /// On a TLS listener: the handshake has not run yet.
+    Tls(Box<TlsAccepted>),
+}
+
+/// What the TLS handshake and the TLS connection start from.
+struct TlsAccepted {
+    conn: Connection<TcpStream>,
+    tls: CoreTls,
+    _admitted: Admitted,
+}
+
+async fn serve_accepted(
+    core: Rc<Core>,
+    setup: Pin<Box<impl std::future::Future<Output = Option<Accepted>>>>,
+) {
+    // Bound once and served by reference: a connection moved into the request loop's future
+    // would also keep the room of the value it was moved from.
+    let mut accepted = setup.await;
+    if let Some(Accepted::Plain { conn, .. }) = &mut accepted {
+        conn.run().await;
+    } else if let Some(tls) = tls_connection(&mut accepted) {
+        tls.await;
+    }
+    drop(accepted);
     core.active_connections
         .set(core.active_connections.get() - 1);
 }
 
-async fn serve_accepted(core: &Rc<Core>, listener: usize, tcp: TcpStream, peer: SocketAddr) {
+/// The boxed future of an accepted TLS connection (boxed: its state is large, and the plain
+/// path's task should not carry room for it). Not an `async fn`'s local: the taken value would
+/// keep its room in the task for as long as the connection lasts.
+fn tls_connection(
+    accepted: &mut Option<Accepted>,
+) -> Option<Pin<Box<impl std::future::Future<Output = ()>>>> {
+    match accepted.take() {
+        Some(Accepted::Tls(tls)) => Some(Box::pin(serve_tls(*tls))),
+        _ => None,
+    }
+}
+
+async fn accept_connection(
+    core: Rc<Core>,
+    listener: usize,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<Accepted> {
     let generation = core.current();
     let settings = &generation.snapshot.listeners[listener];
     let mut client_ip = peer.ip();
     if settings.proxy_protocol != ProxyProtocol::Off {
         let deadline = Instant::now() + generation.snapshot.limits.head_timeout;
-        // Boxed: its buffer and timer exist only until the header is read.
-        let header = Box::pin(accept::read_proxy_header(
-            &tcp,
-            settings.proxy_protocol,
-            deadline,
-        ));
-        match header.await {
+        match accept::read_proxy_header(&tcp, settings.proxy_protocol, deadline).await {
             Ok(source) => client_ip = source.map_or(client_ip, |s| s.ip()),
             Err(err) => {
                 core.counters.proxy_refused.bump();
                 if let Some(suppressed) = core.warnings.proxy_protocol.allow(Instant::now()) {
                     tracing::warn!(core = core.id, %peer, error = %err, suppressed, "connection closed");
                 }
-                return;
+                return None;
             }
         }
     }
     let client_ip = client_ip.to_canonical();
-    let _admitted = match core.connections.admit(listener, client_ip, settings.caps) {
+    let admitted = match core.connections.admit(listener, client_ip, settings.caps) {
         Ok(admitted) => admitted,
         Err(cap) => {
             core.counters.over_cap.bump();
             if let Some(suppressed) = core.warnings.over_cap.allow(Instant::now()) {
                 tracing::warn!(core = core.id, listener = %settings.name, client_ip = %client_ip, cap = ?cap, suppressed, "connection cap reached: connection closed");
             }
-            return;
+            return None;
         }
     };
     let info = ClientInfo {
         listener,
         peer_ip: IpText::new(client_ip),
         peer: client_ip,
-        tls: false,
         tls_version: None,
-        identity: None,
-        identity_fields: OnceCell::new(),
+        certificate: None,
     };
-    match generation.server_tls[listener].clone() {
-        None => {
-            Connection::new(core.clone(), generation, tcp, info)
-                .run()
-                .await
-        }
-        // Boxed: the TLS connection's state is large, and the plain path's task should not
-        // carry (and copy) room for it.
-        Some(tls) => Box::pin(serve_tls(core.clone(), generation, tcp, tls, info)).await,
-    }
+    let conn = Connection::new(core.clone(), generation.clone(), tcp, info);
+    Some(match generation.server_tls[listener].clone() {
+        None => Accepted::Plain {
+            conn,
+            _admitted: admitted,
+        },
+        Some(tls) => Accepted::Tls(Box::new(TlsAccepted {
+            conn,
+            tls,
+            _admitted: admitted,
+        })),
+    })
 }
 
 /// The TLS part of [`serve_connection`]: handshake, then the request loop over the session.
-async fn serve_tls(
-    core: Rc<Core>,
-    generation: Rc<Generation>,
-    tcp: TcpStream,
-    tls: CoreTls,
-    info: ClientInfo,
-) {
+async fn serve_tls(accepted: TlsAccepted) {
+    let TlsAccepted {
+        conn:
+            Connection {
+                core,
+                generation,
+                client: tcp,
+                info,
+                ..
+            },
+        tls,
+        _admitted,
+    } = accepted;
     let handshake = accept::handshake(&core, tcp, tls.config, tls.handshake_timeout, info.listener);
     if let Some((stream, identity)) = handshake.await {
         let tls_version = match stream.session().protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
             Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
-            _ => None,
+            _ => Some("TLS"),
         };
         let info = ClientInfo {
-            tls: true,
             tls_version,
-            identity,
+            certificate: identity.map(|identity| {
+                Box::new(ClientCertificate {
+                    identity,
+                    fields: OnceCell::new(),
+                })
+            }),
             ..info
         };
         let mut conn = Connection::new(core, generation, stream, info);
         conn.run().await;
-        conn.client.finish().await;
     }
 }
 
@@ -338,19 +411,22 @@ impl<C: ByteStream> Connection<C> {
             // exchange ends: an idle connection holds none.
             inbuf: Vec::new(),
             pos: 0,
-            out: Vec::new(),
-            ubuf: Vec::new(),
-            served: 0,
-            record: AccessRecord::default(),
+            lent: LentSlot::default(),
         }
     }
 
+    /// The request loop: serves requests until the connection closes, then ends the stream's
+    /// framing. Between requests the connection waits holding no buffer and no access record,
+    /// in this future's small idle state; everything a request needs lives in a boxed future
+    /// for as long as the request does.
     async fn run(&mut self) {
+        let mut first_deadline =
+            Some(Instant::now() + self.generation.snapshot.limits.head_timeout);
         loop {
-            let buffers = &self.core.buffers;
+            let core = &self.core;
             if self.pos >= self.inbuf.len() {
                 // Nothing pipelined: wait for the next request without a buffer.
-                buffers.give(&mut self.inbuf);
+                core.buffers.give(&mut self.inbuf);
                 self.pos = 0;
             } else if self.pos > 0 {
                 self.inbuf.drain(..self.pos);
@@ -359,37 +435,55 @@ impl<C: ByteStream> Connection<C> {
             if self.inbuf.capacity() > RETAINED_BUFFER {
                 self.inbuf.shrink_to(RETAINED_BUFFER);
             }
-            buffers.give(&mut self.out);
-            buffers.give(&mut self.ubuf);
-            let prepared = match self.read_request().await {
-                Some(Ok(prepared)) => prepared,
-                Some(Err(reject)) => {
-                    // Boxed like the exchange: a refusal's write (with its timer) should not
-                    // size the task every idle connection keeps.
-                    let next = Box::pin(self.reject(reject)).await;
-                    self.finish_record();
-                    if next == Next::Close {
-                        return;
-                    }
-                    continue;
+            if let Some(lent) = self.lent.get_mut() {
+                core.buffers.give(&mut lent.out);
+                core.buffers.give(&mut lent.ubuf);
+            }
+            if self.inbuf.capacity() == 0 {
+                core.lent.give(&mut self.lent);
+                let limits = &self.generation.snapshot.limits;
+                let deadline =
+                    first_deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+                let ready = self.client.wait_readable(deadline);
+                let ready = monoio::select! {
+                    ready = ready => matches!(ready, Ok(Ok(()))),
+                    _ = core.drain.wait() => false,
+                };
+                if !ready {
+                    break;
                 }
-                None => return,
-            };
-            self.served += 1;
-            self.record.decision = Some(Decision::Allow);
-            // Boxed: the exchange's state (upstream I/O, body relay) exists only while a
-            // request is in flight, so the idle connection's task stays small.
-            let next = Box::pin(self.exchange(prepared)).await;
-            self.finish_record();
+                self.inbuf = core.buffers.take();
+            }
+            self.core.lent.lend(&mut self.lent);
+            let next = Box::pin(self.serve_next(first_deadline.take())).await;
             if next == Next::Close {
-                return;
+                break;
             }
         }
+        Box::pin(self.client.finish()).await;
+    }
+
+    /// Reads the next request and answers it: refused, or forwarded and its response relayed.
+    /// `head_deadline` is the first request's, which counts from the accept.
+    async fn serve_next(&mut self, head_deadline: Option<Instant>) -> Next {
+        let prepared = match self.read_request(head_deadline).await {
+            Some(Ok(prepared)) => prepared,
+            Some(Err(reject)) => {
+                let next = self.reject(reject).await;
+                self.finish_record();
+                return next;
+            }
+            None => return Next::Close,
+        };
+        self.lent.record.decision = Some(Decision::Allow);
+        let next = self.exchange(prepared).await;
+        self.finish_record();
+        next
     }
 
     /// Logs the request that just ended (access log) and clears its record.
     fn finish_record(&mut self) {
-        let record = &mut self.record;
+        let record = &mut self.lent.record;
         if record.status == 0 {
             // The client went away before any response reached it.
             record.status = 499;
@@ -406,7 +500,10 @@ impl<C: ByteStream> Connection<C> {
 
     /// Reads and prepares the next request head. `None` means close the connection quietly
     /// (or after an error response already written).
-    async fn read_request(&mut self) -> Option<Result<Prepared, Reject>> {
+    async fn read_request(
+        &mut self,
+        head_deadline: Option<Instant>,
+    ) -> Option<Result<Prepared, Reject>> {
         let core = self.core.clone();
         self.generation = core.current();
         let generation = self.generation.clone();
@@ -415,7 +512,7 @@ impl<C: ByteStream> Connection<C> {
             max_head_bytes: limits.max_head_bytes,
             max_uri_bytes: limits.max_uri_bytes,
         };
-        let mut head_deadline = (self.served == 0).then(|| Instant::now() + limits.head_timeout);
+        let mut head_deadline = head_deadline;
         let mut waited = Waited::default();
         loop {
             let mut wait = None;
@@ -425,12 +522,12 @@ impl<C: ByteStream> Connection<C> {
             // state for as long as the connection does.
             if self.inbuf.len() > self.pos {
                 let now = Instant::now();
-                self.record.started(now);
+                self.lent.record.started(now);
                 if head_deadline.is_none() {
                     head_deadline = Some(now + limits.head_timeout);
                 }
-                if self.out.capacity() == 0 {
-                    self.out = core.buffers.take();
+                if self.lent.out.capacity() == 0 {
+                    self.lent.out = core.buffers.take();
                 }
                 let mut headers = header_slots::<MAX_HEADERS_CEILING>();
                 let parsed = request::parse(
@@ -440,15 +537,15 @@ impl<C: ByteStream> Connection<C> {
                 );
                 match parsed {
                     Ok(Some(req)) => {
-                        self.record.bytes_in = req.head_len as u64;
-                        let record = &mut self.record;
+                        let lent = &mut *self.lent;
+                        lent.record.bytes_in = req.head_len as u64;
                         match prepare(
                             &core,
                             &generation,
                             &self.info,
                             &req,
-                            &mut self.out,
-                            record,
+                            &mut lent.out,
+                            &mut lent.record,
                             waited,
                         ) {
                             Prepare::Ready(prepared) => return Some(Ok(prepared)),
@@ -460,7 +557,7 @@ impl<C: ByteStream> Connection<C> {
                     Ok(None) => {}
                     Err(err) => {
                         tracing::debug!(core = core.id, error = %err, "refused request head");
-                        self.record.bytes_in = (self.inbuf.len() - self.pos) as u64;
+                        self.lent.record.bytes_in = (self.inbuf.len() - self.pos) as u64;
                         refused = Some(err.status());
                     }
                 }
@@ -478,7 +575,7 @@ impl<C: ByteStream> Connection<C> {
                 };
                 let deadline = Instant::now() + limit;
                 while !wait.ready(&core.auth) && Instant::now() < deadline {
-                    monoio::time::sleep(Duration::from_millis(1)).await;
+                    sleep_until(Instant::now() + Duration::from_millis(1)).await;
                 }
                 waited.auth = true;
                 continue;
@@ -501,7 +598,7 @@ impl<C: ByteStream> Connection<C> {
                 } else {
                     ready.await
                 };
-                if ready.is_err() {
+                if !matches!(ready, Ok(Ok(()))) {
                     return None;
                 }
                 self.inbuf = core.buffers.take();
@@ -518,7 +615,7 @@ impl<C: ByteStream> Connection<C> {
             match result {
                 Ok(_) => {}
                 Err(IoFail::Timeout) if !waiting_idle && self.inbuf.len() > self.pos => {
-                    self.record.bytes_in = (self.inbuf.len() - self.pos) as u64;
+                    self.lent.record.bytes_in = (self.inbuf.len() - self.pos) as u64;
                     Box::pin(self.respond_error(408, RequestId::default())).await;
                     self.finish_record();
                     return None;
@@ -530,7 +627,7 @@ impl<C: ByteStream> Connection<C> {
 
     /// Answers a request refused before forwarding; keeps the connection when possible.
     async fn reject(&mut self, reject: Reject) -> Next {
-        let record = &mut self.record;
+        let record = &mut self.lent.record;
         record.status = reject.status;
         record.decision = Some(Decision::Deny);
         record.reason = reject.reason.or_else(|| reason_for_status(reject.status));
@@ -543,9 +640,9 @@ impl<C: ByteStream> Connection<C> {
         if let Some(len) = head_len {
             self.pos += len;
         }
-        self.out.clear();
+        self.lent.out.clear();
         write_problem_with_reason(
-            &mut self.out,
+            &mut self.lent.out,
             reject.status,
             reject.reason,
             reject.rule.as_deref(),
@@ -555,16 +652,14 @@ impl<C: ByteStream> Connection<C> {
         );
         if reject.head_only {
             // A response to HEAD has the fields of the GET response but no body.
-            if let Some(end) = self.out.windows(4).position(|w| w == b"\r\n\r\n") {
-                self.out.truncate(end + 4);
+            if let Some(end) = self.lent.out.windows(4).position(|w| w == b"\r\n\r\n") {
+                self.lent.out.truncate(end + 4);
             }
         }
         let timeout = self.generation.snapshot.limits.body_timeout;
-        let len = self.out.len() as u64;
-        if self.client.write_all(&mut self.out, timeout).await.is_err() {
+        if !self.send_out(timeout).await {
             return Next::Close;
         }
-        self.record.bytes_out += len;
         if close {
             return Next::Close;
         }
@@ -573,21 +668,35 @@ impl<C: ByteStream> Connection<C> {
 
     /// Writes a problem response and closes the connection (lingering, see [`linger_close`]).
     async fn respond_error(&mut self, status: u16, request_id: RequestId) {
-        let record = &mut self.record;
+        let record = &mut self.lent.record;
         record.status = status;
         record.reason = reason_for_status(status);
         if status < 500 {
             // The gateway refused the request itself (a bad head or body).
             record.decision = Some(Decision::Deny);
         }
-        self.out.clear();
-        write_problem(&mut self.out, status, true, request_id.as_bytes(), b"");
+        self.lent.out.clear();
+        write_problem(&mut self.lent.out, status, true, request_id.as_bytes(), b"");
         let timeout = self.generation.snapshot.limits.body_timeout;
-        let len = self.out.len() as u64;
-        if self.client.write_all(&mut self.out, timeout).await.is_ok() {
-            self.record.bytes_out += len;
+        if self.send_out(timeout).await {
             linger_close(&mut self.client, &mut self.inbuf).await;
         }
+    }
+
+    /// Writes the output buffer to the client and counts its bytes in the access record;
+    /// false when the client is gone.
+    async fn send_out(&mut self, timeout: Duration) -> bool {
+        let len = self.lent.out.len() as u64;
+        if self
+            .client
+            .write_all(&mut self.lent.out, timeout)
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        self.lent.record.bytes_out += len;
+        true
     }
 
     /// Forwards one prepared request and relays the response.
@@ -630,10 +739,11 @@ impl<C: ByteStream> Connection<C> {
             self.respond_error(413, prepared.request_id).await;
             return Next::Close;
         }
-        self.out
+        self.lent
+            .out
             .extend_from_slice(&self.inbuf[self.pos..self.pos + prefix_len]);
         self.pos += prefix_len;
-        self.record.bytes_in += prefix_len as u64;
+        self.lent.record.bytes_in += prefix_len as u64;
         let body_buffered = match prepared.framing {
             BodyFraming::Chunked => scanner.is_done(),
             _ => remaining == 0,
@@ -702,16 +812,9 @@ impl<C: ByteStream> Connection<C> {
         };
 
         // The response head (and any body bytes read with it) is in `out`.
-        let len = self.out.len() as u64;
-        if self
-            .client
-            .write_all(&mut self.out, body_timeout)
-            .await
-            .is_err()
-        {
+        if !self.send_out(body_timeout).await {
             return Next::Close;
         }
-        self.record.bytes_out += len;
         let complete = match self.relay_response_body(&plan, &mut up, body_timeout).await {
             Ok(complete) => complete,
             Err(()) => return Next::Close,
@@ -757,8 +860,8 @@ impl<C: ByteStream> Connection<C> {
             let Some(target) = picked else {
                 return Err(if excluded.is_some() { 502 } else { 503 });
             };
-            self.record.upstream = Some(upstream.targets[target]);
-            self.record.upstream_connect_us = None;
+            self.lent.record.upstream = Some(upstream.targets[target]);
+            self.lent.record.upstream_connect_us = None;
             if !force_fresh {
                 let idle = generation.pools.borrow_mut().take_idle(
                     prepared.upstream,
@@ -767,14 +870,14 @@ impl<C: ByteStream> Connection<C> {
                     now,
                 );
                 if let Some(stream) = idle {
-                    self.record.upstream_connect_us = Some(0);
+                    self.lent.record.upstream_connect_us = Some(0);
                     return Ok((stream, target, true));
                 }
             }
             let connecting = Instant::now();
             let status = match accept::connect_upstream(&core, upstream, target).await {
                 Ok(stream) => {
-                    self.record.upstream_connect_us = Some(micros(connecting.elapsed()));
+                    self.lent.record.upstream_connect_us = Some(micros(connecting.elapsed()));
                     return Ok((stream, target, false));
                 }
                 Err(status) => status,
@@ -802,7 +905,7 @@ impl<C: ByteStream> Connection<C> {
         mut body_seen: u64,
     ) -> Result<(), UpstreamFail> {
         let timeout = self.generation.snapshot.limits.body_timeout;
-        if up.write_all(&mut self.out, timeout).await.is_err() {
+        if up.write_all(&mut self.lent.out, timeout).await.is_err() {
             return Err(UpstreamFail::Stale);
         }
         let chunked = prepared.framing == BodyFraming::Chunked;
@@ -815,13 +918,13 @@ impl<C: ByteStream> Connection<C> {
             return Ok(());
         }
         if prepared.expect_continue && prepared.client_minor == 1 {
-            self.out.clear();
-            self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            let len = self.out.len() as u64;
-            if self.client.write_all(&mut self.out, timeout).await.is_err() {
+            self.lent.out.clear();
+            self.lent
+                .out
+                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            if !self.send_out(timeout).await {
                 return Err(UpstreamFail::ClientGone);
             }
-            self.record.bytes_out += len;
         }
         while !done {
             if self.pos >= self.inbuf.len() {
@@ -858,7 +961,7 @@ impl<C: ByteStream> Connection<C> {
                 take as usize
             };
             self.pos += take;
-            self.record.bytes_in += take as u64;
+            self.lent.record.bytes_in += take as u64;
             if up
                 .write_range(&mut self.inbuf, start..start + take, timeout)
                 .await
@@ -885,20 +988,21 @@ impl<C: ByteStream> Connection<C> {
         let body_timeout = limits.body_timeout;
         let sent = Instant::now();
         let deadline = sent + upstream.response_timeout;
-        if self.ubuf.capacity() == 0 {
-            self.ubuf = self.core.buffers.take();
+        if self.lent.ubuf.capacity() == 0 {
+            self.lent.ubuf = self.core.buffers.take();
         }
-        self.ubuf.clear();
+        self.lent.ubuf.clear();
         let mut received_any = false;
-        self.record.upstream_ttfb_us = None;
+        self.lent.record.upstream_ttfb_us = None;
         loop {
             // (head length, relay it) of an interim response; no await while the header
             // array is in scope (see `read_request`).
             let mut interim = None;
-            if !self.ubuf.is_empty() {
+            let lent = &mut *self.lent;
+            if !lent.ubuf.is_empty() {
                 let mut headers = header_slots::<MAX_HEADERS_CEILING>();
                 let parsed = response::parse(
-                    &self.ubuf,
+                    &lent.ubuf,
                     &mut headers[..max_headers],
                     max_head,
                     prepared.is_head,
@@ -911,15 +1015,15 @@ impl<C: ByteStream> Connection<C> {
                         interim = Some((resp.head_len, resp.code != 100));
                     }
                     Ok(Some(resp)) => {
-                        self.record.upstream_status = Some(resp.code);
-                        self.record.status = resp.code;
+                        lent.record.upstream_status = Some(resp.code);
+                        lent.record.status = resp.code;
                         let draining = core.drain.is_draining();
                         return Ok(plan_response(
                             prepared,
                             &resp,
-                            &self.ubuf,
+                            &lent.ubuf,
                             draining,
-                            &mut self.out,
+                            &mut lent.out,
                         ));
                     }
                     Ok(None) => {}
@@ -933,25 +1037,23 @@ impl<C: ByteStream> Connection<C> {
             }
             if let Some((head_len, relay)) = interim {
                 if relay && prepared.client_minor == 1 {
-                    self.out.clear();
-                    self.out.extend_from_slice(&self.ubuf[..head_len]);
-                    if self
-                        .client
-                        .write_all(&mut self.out, body_timeout)
-                        .await
-                        .is_err()
-                    {
+                    let lent = &mut *self.lent;
+                    lent.out.clear();
+                    lent.out.extend_from_slice(&lent.ubuf[..head_len]);
+                    if !self.send_out(body_timeout).await {
                         return Err(UpstreamFail::ClientGone);
                     }
-                    self.record.bytes_out += head_len as u64;
                 }
-                self.ubuf.drain(..head_len);
+                self.lent.ubuf.drain(..head_len);
                 continue;
             }
-            match up.read_more(&mut self.ubuf, READ_CHUNK, deadline).await {
+            match up
+                .read_more(&mut self.lent.ubuf, READ_CHUNK, deadline)
+                .await
+            {
                 Ok(_) => {
                     if !received_any {
-                        self.record.upstream_ttfb_us = Some(micros(sent.elapsed()));
+                        self.lent.record.upstream_ttfb_us = Some(micros(sent.elapsed()));
                     }
                     received_any = true;
                 }
@@ -978,7 +1080,7 @@ impl<C: ByteStream> Connection<C> {
         };
         let mut start = plan.head_len;
         loop {
-            let available = self.ubuf.len() - start;
+            let available = self.lent.ubuf.len() - start;
             let (take, done) = match plan.framing {
                 BodyFraming::None => (0, true),
                 BodyFraming::Length(_) => {
@@ -989,29 +1091,28 @@ impl<C: ByteStream> Connection<C> {
                 BodyFraming::UntilClose => (available, false),
                 BodyFraming::Chunked => {
                     if plan.dechunk {
-                        let ubuf = &self.ubuf;
-                        let out = &mut self.out;
+                        let lent = &mut *self.lent;
+                        let ubuf = &lent.ubuf;
+                        let out = &mut lent.out;
                         out.clear();
                         let consumed = scanner
                             .scan(&ubuf[start..], |a, b| {
                                 out.extend_from_slice(&ubuf[start + a..start + b])
                             })
                             .map_err(|_| ())?;
-                        let len = self.out.len() as u64;
-                        if self.client.write_all(&mut self.out, timeout).await.is_err() {
+                        if !self.send_out(timeout).await {
                             return Err(());
                         }
-                        self.record.bytes_out += len;
                         start += consumed;
                         if scanner.is_done() {
-                            return Ok(start == self.ubuf.len());
+                            return Ok(start == self.lent.ubuf.len());
                         }
                         self.refill_upstream(up, timeout).await.map_err(|_| ())?;
                         start = 0;
                         continue;
                     }
                     let consumed = scanner
-                        .scan(&self.ubuf[start..], |_, _| {})
+                        .scan(&self.lent.ubuf[start..], |_, _| {})
                         .map_err(|_| ())?;
                     (consumed, scanner.is_done())
                 }
@@ -1019,16 +1120,16 @@ impl<C: ByteStream> Connection<C> {
             if take > 0
                 && self
                     .client
-                    .write_range(&mut self.ubuf, start..start + take, timeout)
+                    .write_range(&mut self.lent.ubuf, start..start + take, timeout)
                     .await
                     .is_err()
             {
                 return Err(());
             }
-            self.record.bytes_out += take as u64;
+            self.lent.record.bytes_out += take as u64;
             start += take;
             if done {
-                return Ok(start == self.ubuf.len());
+                return Ok(start == self.lent.ubuf.len());
             }
             match self.refill_upstream(up, timeout).await {
                 Ok(()) => start = 0,
@@ -1044,8 +1145,8 @@ impl<C: ByteStream> Connection<C> {
         up: &mut UpstreamStream,
         timeout: Duration,
     ) -> Result<(), IoFail> {
-        self.ubuf.clear();
-        up.read_more(&mut self.ubuf, BODY_CHUNK, Instant::now() + timeout)
+        self.lent.ubuf.clear();
+        up.read_more(&mut self.lent.ubuf, BODY_CHUNK, Instant::now() + timeout)
             .await
             .map(|_| ())
     }
@@ -1269,7 +1370,7 @@ fn prepare(
             let presented = Presented {
                 headers: req.headers,
                 query: req.target.split_once('?').map(|(_, q)| q),
-                certificate: client.identity.as_deref(),
+                certificate: client.certificate.as_ref().map(|c| &*c.identity),
             };
             let mut cache = generation.token_caches[route_auth.cache].borrow_mut();
             let outcome = auth::authenticate(
@@ -1428,7 +1529,7 @@ fn prepare(
     } else {
         push_header(out, b"X-Forwarded-For", IpText::new(client_ip).as_bytes());
     }
-    out.extend_from_slice(if client.tls {
+    out.extend_from_slice(if client.tls() {
         b"X-Forwarded-Proto: https\r\n"
     } else {
         b"X-Forwarded-Proto: http\r\n"
@@ -1693,23 +1794,29 @@ fn nominated(connection: &crate::http::headers::ConnectionOptions<'_>, name: &[u
 
 /// An IP address as text, held inline.
 struct IpText {
-    bytes: [u8; 48],
-    len: usize,
+    bytes: [u8; IpText::MAX],
+    len: u8,
 }
 
 impl IpText {
+    /// The longest address text (an IPv6 address with an embedded IPv4 one).
+    const MAX: usize = 45;
+
     fn new(ip: IpAddr) -> IpText {
-        let mut bytes = [0u8; 48];
+        let mut bytes = [0u8; IpText::MAX];
         let len = {
             let mut cursor = &mut bytes[..];
             let _ = write!(cursor, "{ip}");
-            48 - cursor.len()
+            IpText::MAX - cursor.len()
         };
-        IpText { bytes, len }
+        IpText {
+            bytes,
+            len: len as u8,
+        }
     }
 
     fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
+        &self.bytes[..self.len as usize]
     }
 }
 

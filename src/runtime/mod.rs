@@ -4,6 +4,7 @@
 //! data plane needs: file-descriptor limit, signal mask, CPU discovery.
 
 pub mod channel;
+pub mod deadline;
 pub mod drain;
 
 use crate::auth::{AuthLinks, AuthState};
@@ -413,6 +414,7 @@ fn ring_setup(flags: RingFlags) -> io_uring::Builder {
 }
 
 async fn worker_main(core: Rc<Core>, control: ControlReceiver, ready: Ready) {
+    let _timers = deadline::start();
     let mut control = match control.into_stream() {
         Ok(control) => control,
         Err(err) => {
@@ -672,7 +674,7 @@ async fn accept_loop(core: Rc<Core>, index: usize, listener: Rc<TcpListener>) {
                         "connection task state (an idle connection's memory besides its socket)"
                     )
                 });
-                monoio::spawn(task);
+                monoio::spawn(deadline::scope(task));
             }
             Err(err) => {
                 if let Some(suppressed) = core.warnings.accept.allow(Instant::now()) {

@@ -5,6 +5,7 @@
 //! session itself lives on one core and is never shared.
 
 use crate::proxy::io::{tcp_read, tcp_write, ByteStream, IoFail};
+use crate::runtime::deadline::{timeout_at, Elapsed};
 use monoio::net::TcpStream;
 use rustls::pki_types::ServerName;
 use std::io::{BufRead, Write};
@@ -172,6 +173,33 @@ impl ByteStream for TlsStream {
             self.flush(deadline).await?;
         }
         Ok(())
+    }
+
+    /// Ready at once while ciphertext or plaintext is buffered; otherwise the socket's wait,
+    /// with the ciphertext buffers given up first, so an idle TLS connection holds none of
+    /// ours (rustls keeps its own).
+    fn wait_readable(
+        &mut self,
+        deadline: Instant,
+    ) -> impl std::future::Future<Output = Result<std::io::Result<()>, Elapsed>> {
+        let buffered = self.rx_pos < self.rx.len()
+            || matches!(self.session.reader().fill_buf(), Ok(plain) if !plain.is_empty());
+        let tcp = if buffered {
+            None
+        } else {
+            self.rx = Vec::new();
+            self.rx_pos = 0;
+            if self.tx.is_empty() {
+                self.tx = Vec::new();
+            }
+            Some(&mut self.tcp)
+        };
+        async move {
+            match tcp {
+                Some(tcp) => timeout_at(deadline, tcp.readable(false)).await,
+                None => Ok(Ok(())),
+            }
+        }
     }
 
     /// Sends close_notify (best effort, briefly).
