@@ -237,12 +237,15 @@ config_haproxy() { # DIR PORT
     # at start-up and shared by the threads, and its shared session cache (tune.ssl.cachesize
     # 20000 entries, tune.ssl.lifetime 300s).
     [[ $S_TLS == yes ]] && bind+=" ssl crt $ASSETS/tls/combined.pem ssl-min-ver TLSv1.2"
+    local maxconn=${S_MAX_CONNS:-4000} cap
+    cap=$(peer_connection_cap haproxy)
+    ((maxconn > cap + 100)) && maxconn=$((cap + 100))
     cat >"$1/haproxy.cfg" <<EOF
 # haproxy peer for bench/run. No log lines: nothing is logged.
 global
     nbthread $WORKERS
     cpu-map auto:1/1-$WORKERS $(cpu_list_expand "$PROXY_CPUS")
-    maxconn ${S_MAX_CONNS:-4000}
+    maxconn $maxconn
     $S_HAPROXY_GLOBAL
 
 defaults
@@ -287,6 +290,19 @@ set_same_headers() {
     unique-id-format %{+X}o\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
     http-request set-header X-Request-Id %[unique-id]
     http-response set-header X-Request-Id %[unique-id]'
+}
+
+# How many client connections PEER can hold open at once on this machine ("" = no limit of its
+# own). haproxy reserves two descriptors per connection (client and server side) and does not
+# start when maxconn needs more than the hard descriptor limit allows.
+peer_connection_cap() { # PEER
+    local hard
+    hard=$(ulimit -Hn)
+    if [[ $1 == haproxy && $hard != unlimited ]]; then
+        echo $(((hard - 100) / 2 - 100))
+    else
+        echo 1000000000
+    fi
 }
 
 # Starts PEER for the current scenario; sets PEER_PID, PEER_URL. Returns 1 when it did not start.
