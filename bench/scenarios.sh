@@ -88,6 +88,14 @@ scenario_conn_churn() {
 
 # --- Not in the default set -------------------------------------------------------------------
 
+# Many concurrent clients: plain at 2 000 connections. Is the service shared evenly (see the
+# report's conn p99/p50)?
+scenario_many_conns() {
+    S_DESC="GET / as in plain, over 2 000 keep-alive client connections."
+    S_CONNECTIONS=2000
+    S_EXPECT_BODY="hello from upstream"
+}
+
 # Idle keep-alive connections: $IDLE_CONNECTIONS connections (bench/run --idle-connections,
 # default 10 000), one request each, then idle; the proxy's resident memory before and after, per
 # connection. Memory is stable, so the scenario runs in the first round only.

@@ -211,6 +211,9 @@ def parse_cflow(text):
         "non_2xx": non_2xx,
         "errors": {k: v for k, v in (obj.get("errors") or {}).items() if v},
         "latency_us": obj.get("latency_us", {}),
+        # How evenly the connections were served: responses per connection (min, p1, p50, p99,
+        # max) and p99/p50.
+        "per_connection": obj.get("per_connection"),
         "loadgen_cpu_s": obj.get("loadgen_cpu_s"),
         # https: negotiated version/cipher/group, resumption on or off, handshakes and resumed.
         "tls": obj.get("tls"),
@@ -670,7 +673,9 @@ def report_markdown(data):
                  "to nginx measured in the same round. CPU µs/req is the proxy's own CPU time "
                  "(all its processes and threads, user + kernel) divided by requests completed; "
                  "lower is better. p50/p99 are closed-loop (at saturation, p50 ≈ connections ÷ req/s); "
-                 "open-loop figures are at the fixed rate.")
+                 "open-loop figures are at the fixed rate. conn p99/p50 is how evenly the "
+                 "connections were served in the closed loop: the 99th over the 50th percentile of "
+                 "the responses each connection completed (1.00 = all alike; cflow-load only).")
     lines.append("")
     problems = []
     for scenario in meta["scenarios"]:
@@ -688,19 +693,21 @@ def report_markdown(data):
         unit = scenario.get("unit", "req")
         per_s = "handshakes/s" if unit == "handshake" else "req/s"
         lines.append(f"| peer | {per_s} | ×nginx {per_s} | CPU µs/{unit} | ×nginx CPU | p50 | p99 "
-                     f"| open p99 @{rate}/s | open CPU µs/{unit} | RSS MiB |")
-        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+                     f"| conn p99/p50 | open p99 @{rate}/s | open CPU µs/{unit} | RSS MiB |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         peers = [p for p in meta["peers"] if any(r["peer"] == p for r in runs)]
         for peer in peers:
             pr = [r for r in runs if r["peer"] == peer]
             if all(r.get("skipped") for r in pr):
-                lines.append(f"| {peer} | skipped: {pr[0]['skipped']} | | | | | | | | |")
+                lines.append(f"| {peer} | skipped: {pr[0]['skipped']} | | | | | | | | | |")
                 continue
             pr = [r for r in pr if not r.get("skipped")]
             rps = [closed_rps(r) for r in pr]
             cpu = [closed_cpu(r) for r in pr]
             p50 = median_or_none([(r.get("closed") or {}).get("latency_us", {}).get("p50") for r in pr])
             p99 = median_or_none([(r.get("closed") or {}).get("latency_us", {}).get("p99") for r in pr])
+            fair = median_or_none([((r.get("closed") or {}).get("per_connection") or {}).get("fairness")
+                                   for r in pr])
             opens = [r.get("open") for r in pr if r.get("open")]
             open_p99 = median_or_none([o.get("latency_us", {}).get("p99") for o in opens])
             open_cpu = [o.get("proxy_cpu_us_per_req") for o in opens]
@@ -721,7 +728,8 @@ def report_markdown(data):
                                 f"{len(open_short)} run(s) (†)")
             lines.append(
                 f"| {peer} | {fmt_range(rps)} | {rr} | {fmt_range(cpu, 2)} | {cr} "
-                f"| {fmt_latency(p50)} | {fmt_latency(p99)} | {open_cell} "
+                f"| {fmt_latency(p50)} | {fmt_latency(p99)} "
+                f"| {f'{fair:.2f}' if fair is not None else 'n/a'} | {open_cell} "
                 f"| {fmt_range(open_cpu, 2) if opens else 'n/a'} "
                 f"| {f'{rss / 1024:.1f}' if rss is not None else 'n/a'} |")
             threads = meta["layout"]["loadgen_threads"]

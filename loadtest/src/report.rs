@@ -1,7 +1,7 @@
 //! The result of a run: the JSON object printed with `--json` and the human-readable table
 //! with the same facts.
 
-use crate::stats::{ErrorCounts, LatencySummary};
+use crate::stats::{ConnectionShare, ErrorCounts, LatencySummary};
 use crate::tls::Negotiated;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -26,6 +26,8 @@ pub struct Report {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub latency_us: LatencySummary,
+    /// How many responses each connection completed: how evenly they were served.
+    pub per_connection: ConnectionShare,
     /// Open loop: the requested rate; null in closed loop.
     pub target_rate: Option<f64>,
     /// User plus system CPU seconds of the generator during the measured window.
@@ -81,6 +83,17 @@ impl Report {
             out,
             "  latency µs   min {}  mean {:.1}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             l.min, l.mean, l.p50, l.p90, l.p99, l.p999, l.max
+        );
+        let c = &self.per_connection;
+        let _ = writeln!(
+            out,
+            "  per conn     min {}  p1 {}  p50 {}  p99 {}  max {} responses  (p99/p50 {})",
+            c.min,
+            c.p1,
+            c.p50,
+            c.p99,
+            c.max,
+            c.fairness.map_or("n/a".to_string(), |f| format!("{f:.2}"))
         );
         let status = if self.status.is_empty() {
             "none".to_string()
@@ -184,6 +197,7 @@ mod tests {
                 p999: 5,
                 max: 6,
             },
+            per_connection: ConnectionShare::of(&[4, 6]),
             target_rate: None,
             loadgen_cpu_s: 0.5,
             tls: None,
@@ -229,6 +243,7 @@ mod tests {
             "bytes_read",
             "bytes_written",
             "latency_us",
+            "per_connection",
             "target_rate",
             "loadgen_cpu_s",
             "tls",
@@ -266,6 +281,7 @@ mod tests {
             "timeout 1",
             "2.0 KiB",
             "20 requests per CPU-second",
+            "p99/p50 1.50",
         ] {
             assert!(table.contains(needle), "{needle} missing in\n{table}");
         }

@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::report::{Report, TlsReport};
 use crate::request::{load_header_file, RequestSet};
 use crate::response::ResponseParser;
-use crate::stats::{LatencySummary, Stats};
+use crate::stats::{ConnectionShare, LatencySummary, Stats};
 use crate::target::Scheme;
 use crate::tls::{self, Negotiated};
 use crate::transport::Endpoint;
@@ -210,6 +210,7 @@ pub fn execute(settings: &Settings) -> Result<Outcome, Error> {
         bytes_read: stats.bytes_read,
         bytes_written: stats.bytes_written,
         latency_us: LatencySummary::of(&stats.histogram),
+        per_connection: ConnectionShare::of(&stats.per_connection),
         target_rate: settings.rate,
         loadgen_cpu_s: ((cpu_after - cpu_before) * 1e6).round() / 1e6,
         tls: negotiated.map(|negotiated| TlsReport {

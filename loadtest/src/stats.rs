@@ -60,6 +60,9 @@ pub struct Stats {
     pub tls_handshakes: u64,
     /// ... and how many of them resumed an earlier session.
     pub tls_resumed: u64,
+    /// Responses each connection completed inside the measured window (one entry per
+    /// connection, in no particular order).
+    pub per_connection: Vec<u64>,
 }
 
 impl Default for Stats {
@@ -82,6 +85,7 @@ impl Stats {
             late_sends: 0,
             tls_handshakes: 0,
             tls_resumed: 0,
+            per_connection: Vec::new(),
         }
     }
 
@@ -128,6 +132,7 @@ impl Stats {
         self.late_sends += other.late_sends;
         self.tls_handshakes += other.tls_handshakes;
         self.tls_resumed += other.tls_resumed;
+        self.per_connection.extend_from_slice(&other.per_connection);
     }
 
     /// Response counts by status code, as strings, for the report.
@@ -179,9 +184,70 @@ impl LatencySummary {
     }
 }
 
+/// How evenly the server shared its service among the connections: the distribution of the
+/// responses each connection completed in the measured window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ConnectionShare {
+    pub connections: usize,
+    pub min: u64,
+    pub p1: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+    /// p99 ÷ p50: 1.0 when every connection was served alike; null when p50 is 0.
+    pub fairness: Option<f64>,
+}
+
+impl ConnectionShare {
+    /// Summarises per-connection response counts (nearest-rank percentiles).
+    pub fn of(counts: &[u64]) -> Self {
+        let mut sorted = counts.to_vec();
+        sorted.sort_unstable();
+        let at = |q: f64| -> u64 {
+            if sorted.is_empty() {
+                return 0;
+            }
+            let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+            sorted[rank - 1]
+        };
+        let (p50, p99) = (at(0.50), at(0.99));
+        ConnectionShare {
+            connections: sorted.len(),
+            min: sorted.first().copied().unwrap_or(0),
+            p1: at(0.01),
+            p50,
+            p99,
+            max: sorted.last().copied().unwrap_or(0),
+            fairness: (p50 > 0).then(|| ((p99 as f64 / p50 as f64) * 100.0).round() / 100.0),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_share_percentiles() {
+        let counts: Vec<u64> = (1..=100).collect();
+        let share = ConnectionShare::of(&counts);
+        assert_eq!(
+            (
+                share.connections,
+                share.min,
+                share.p1,
+                share.p50,
+                share.p99,
+                share.max
+            ),
+            (100, 1, 1, 50, 99, 100)
+        );
+        assert_eq!(share.fairness, Some(1.98));
+        let even = ConnectionShare::of(&[7; 10]);
+        assert_eq!(even.fairness, Some(1.0));
+        let empty = ConnectionShare::of(&[]);
+        assert_eq!((empty.connections, empty.fairness), (0, None));
+    }
 
     #[test]
     fn percentiles_of_known_values() {

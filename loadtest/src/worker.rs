@@ -168,6 +168,7 @@ impl Ctx {
             return;
         }
         let micros = done.duration_since(clock_start).as_micros() as u64;
+        conn.completed += 1;
         let mut stats = self.stats.borrow_mut();
         stats.record(micros, response.status, read, written);
         self.progress.store(stats.requests, Ordering::Relaxed);
@@ -184,6 +185,7 @@ async fn thread_main(ctx: Rc<Ctx>, connections: Range<usize>) {
                     None => closed_loop(&ctx, &mut conn).await,
                     Some(rate) => open_loop(&ctx, &mut conn, index, rate).await,
                 }
+                ctx.stats.borrow_mut().per_connection.push(conn.completed);
             })
         })
         .collect();
@@ -205,6 +207,8 @@ struct Conn {
     pending_written: u64,
     /// A response arrived since the connection was opened.
     answered: bool,
+    /// Responses completed inside the measured window (across reconnects).
+    completed: u64,
 }
 
 impl Conn {
@@ -218,6 +222,7 @@ impl Conn {
             pending_read: 0,
             pending_written: 0,
             answered: false,
+            completed: 0,
         }
     }
 

@@ -13,6 +13,7 @@ use self::core::LentSlot;
 pub use self::core::{Core, CoreTls, Generation};
 use crate::filter::connections::Admitted;
 use std::pin::Pin;
+use std::task::Poll;
 
 use crate::access;
 use crate::auth::{self, Outcome, Presented, Source};
@@ -31,7 +32,7 @@ use crate::limit::{FailureThrottle, KeyFacts, Verdict};
 use crate::observe::access::{micros, reason_for_status, AccessRecord, Decision};
 use crate::observe::trace::{self, TraceMode};
 use crate::router::{ParamRange, PathPattern, RouteMatch, MAX_PATH_PARAMS};
-use crate::runtime::deadline::sleep_until;
+use crate::runtime::deadline::{sleep_until, timeout_at};
 use crate::snapshot::Upstream;
 use crate::tls::certificate::ClientIdentity;
 use io::{linger_close, ByteStream, IoFail, UpstreamStream};
@@ -862,20 +863,62 @@ impl<C: ByteStream> Connection<C> {
             };
             self.lent.record.upstream = Some(upstream.targets[target]);
             self.lent.record.upstream_connect_us = None;
-            if !force_fresh {
-                let idle = generation.pools.borrow_mut().take_idle(
-                    prepared.upstream,
-                    target,
-                    upstream,
-                    now,
-                );
-                if let Some(stream) = idle {
-                    self.lent.record.upstream_connect_us = Some(0);
-                    return Ok((stream, target, true));
-                }
-            }
             let connecting = Instant::now();
-            let status = match accept::connect_upstream(&core, upstream, target).await {
+            // An idle connection, else a connect slot; while neither is free, wait for the
+            // first of them (at most the connect timeout, then connect anyway). See "connect
+            // pacing" in `crate::upstream`.
+            let pace_until = connecting + upstream.connect_timeout;
+            let mut paced = false;
+            let slot = loop {
+                let mut pools = generation.pools.borrow_mut();
+                if !force_fresh {
+                    let idle = pools.take_idle(prepared.upstream, target, upstream, Instant::now());
+                    if let Some(stream) = idle {
+                        let waited = if paced {
+                            micros(connecting.elapsed())
+                        } else {
+                            0
+                        };
+                        self.lent.record.upstream_connect_us = Some(waited);
+                        return Ok((stream, target, true));
+                    }
+                }
+                if upstream.keepalive == 0 {
+                    // Nothing comes back to wait for: every request connects.
+                    break false;
+                }
+                if pools.start_connect(prepared.upstream, target) {
+                    break true;
+                }
+                if Instant::now() >= pace_until {
+                    break false;
+                }
+                drop(pools);
+                let index = prepared.upstream;
+                let mut registered = false;
+                let woken = std::future::poll_fn(|cx| {
+                    if registered {
+                        return Poll::Ready(());
+                    }
+                    generation
+                        .pools
+                        .borrow_mut()
+                        .wait_for(index, target, cx.waker());
+                    registered = true;
+                    Poll::Pending
+                });
+                // Woken or timed out: either way the loop looks again.
+                let _ = timeout_at(pace_until, woken).await;
+                paced = true;
+            };
+            let result = accept::connect_upstream(&core, upstream, target).await;
+            if slot {
+                generation
+                    .pools
+                    .borrow_mut()
+                    .end_connect(prepared.upstream, target);
+            }
+            let status = match result {
                 Ok(stream) => {
                     self.lent.record.upstream_connect_us = Some(micros(connecting.elapsed()));
                     return Ok((stream, target, false));

@@ -1,16 +1,27 @@
 //! Per-core upstream state: the keep-alive pool of idle connections per target, the balancer
-//! cursor, outstanding-request counts and passive health (ejection after consecutive failures,
-//! re-admission after `fail_timeout`, and — when every target is ejected — one probe request
-//! per second, so a returning target serves again within a second). Owned by one core; never
-//! shared.
+//! cursor, outstanding-request counts, connect pacing, and passive health (ejection after
+//! consecutive failures, re-admission after `fail_timeout`, and — when every target is ejected
+//! — one probe request per second, so a returning target serves again within a second). Owned
+//! by one core; never shared.
+//!
+//! Connect pacing: at most [`MAX_CONNECTING`] connects to one target are in progress on a core.
+//! A request that finds no idle connection and no free connect slot waits for whichever comes
+//! first — a connection coming back to the pool, or a slot — bounded by the connect timeout,
+//! after which it connects anyway. A burst of new clients then reuses the connections that come
+//! back within milliseconds instead of opening one upstream connection each, which would make
+//! the upstream accept thousands of connections at once and slow every one of them.
 
 use crate::config::Balance;
 use crate::proxy::io::UpstreamStream;
 use crate::snapshot::Upstream;
+use std::task::Waker;
 use std::time::Instant;
 
 /// Least time between two probe requests to an ejected target from one core.
 const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Connects to one target in progress at once on one core (see the module's notes).
+pub const MAX_CONNECTING: u32 = 8;
 
 /// One target's core-local state.
 #[derive(Default)]
@@ -22,9 +33,20 @@ struct TargetState {
     /// While ejected: when this core may send it the next probe request.
     next_probe: Option<Instant>,
     outstanding: u32,
+    /// Connects in progress.
+    connecting: u32,
+    /// Requests waiting for an idle connection or a connect slot, first come first served.
+    waiters: std::collections::VecDeque<Waker>,
 }
 
 impl TargetState {
+    /// Wakes the longest-waiting request: a connection came back or a connect slot freed.
+    fn wake_one(&mut self) {
+        if let Some(waker) = self.waiters.pop_front() {
+            waker.wake();
+        }
+    }
+
     fn healthy(&self, now: Instant) -> bool {
         self.ejected_until.is_none_or(|until| now >= until)
     }
@@ -139,10 +161,35 @@ impl UpstreamPools {
         stream: UpstreamStream,
         now: Instant,
     ) {
-        let idle = &mut self.upstreams[index].targets[target].idle;
-        if idle.len() < upstream.keepalive {
-            idle.push((stream, now));
+        let state = &mut self.upstreams[index].targets[target];
+        if state.idle.len() < upstream.keepalive || !state.waiters.is_empty() {
+            state.idle.push((stream, now));
+            state.wake_one();
         }
+    }
+
+    /// Takes a connect slot for `target` when one is free.
+    pub fn start_connect(&mut self, index: usize, target: usize) -> bool {
+        let state = &mut self.upstreams[index].targets[target];
+        if state.connecting >= MAX_CONNECTING {
+            return false;
+        }
+        state.connecting += 1;
+        true
+    }
+
+    /// Gives a connect slot back (the connect ended either way).
+    pub fn end_connect(&mut self, index: usize, target: usize) {
+        let state = &mut self.upstreams[index].targets[target];
+        state.connecting = state.connecting.saturating_sub(1);
+        state.wake_one();
+    }
+
+    /// Registers a request waiting for `target` (see [`UpstreamPools::start_connect`]).
+    pub fn wait_for(&mut self, index: usize, target: usize, waker: &Waker) {
+        self.upstreams[index].targets[target]
+            .waiters
+            .push_back(waker.clone());
     }
 
     pub fn begin(&mut self, index: usize, target: usize) {
@@ -271,6 +318,45 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(pools.pick(0, &u, Some(second), now + ms(2001)), Some(first));
         }
+    }
+
+    /// Counts its wake-ups.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn connects_are_paced_and_waiters_get_returning_connections() {
+        use std::sync::atomic::Ordering;
+        let upstream = upstream(Balance::RoundRobin, 1);
+        let mut pools = UpstreamPools::new(std::slice::from_ref(&upstream));
+        for _ in 0..MAX_CONNECTING {
+            assert!(pools.start_connect(0, 0));
+        }
+        assert!(!pools.start_connect(0, 0), "no slot beyond the cap");
+        let counter = std::sync::Arc::new(CountingWaker(Default::default()));
+        let waker = Waker::from(counter.clone());
+        pools.wait_for(0, 0, &waker);
+        pools.wait_for(0, 0, &waker);
+        pools.end_connect(0, 0);
+        assert_eq!(
+            counter.0.load(Ordering::Relaxed),
+            1,
+            "a freed slot wakes one waiter"
+        );
+        assert!(pools.start_connect(0, 0));
+        pools.end_connect(0, 0);
+        assert_eq!(counter.0.load(Ordering::Relaxed), 2);
+        pools.end_connect(0, 0);
+        assert_eq!(
+            counter.0.load(Ordering::Relaxed),
+            2,
+            "no waiter left to wake"
+        );
     }
 
     #[test]
