@@ -35,6 +35,7 @@ use crate::router::{ParamRange, PathPattern, RouteMatch, MAX_PATH_PARAMS};
 use crate::runtime::deadline::{sleep_until, timeout_at};
 use crate::snapshot::Upstream;
 use crate::tls::certificate::ClientIdentity;
+use crate::upstream::Acquire;
 use io::{linger_close, ByteStream, IoFail, UpstreamStream};
 use monoio::net::TcpStream;
 use request_id::RequestId;
@@ -261,6 +262,23 @@ pub fn serve_connection(
         .set(core.active_connections.get() + 1);
     let setup = Box::pin(accept_connection(core.clone(), listener, tcp, peer));
     serve_accepted(core, setup)
+}
+
+/// A connect slot of [`crate::upstream`]'s connect pacing, given back when dropped (also when
+/// the connect's future is).
+struct ConnectSlot<'a> {
+    generation: &'a Generation,
+    upstream: usize,
+    target: usize,
+}
+
+impl Drop for ConnectSlot<'_> {
+    fn drop(&mut self) {
+        self.generation
+            .pools
+            .borrow_mut()
+            .end_connect(self.upstream, self.target);
+    }
 }
 
 /// A connection past its set-up.
@@ -870,10 +888,15 @@ impl<C: ByteStream> Connection<C> {
             let pace_until = connecting + upstream.connect_timeout;
             let mut paced = false;
             let slot = loop {
-                let mut pools = generation.pools.borrow_mut();
-                if !force_fresh {
-                    let idle = pools.take_idle(prepared.upstream, target, upstream, Instant::now());
-                    if let Some(stream) = idle {
+                let step = generation.pools.borrow_mut().acquire(
+                    prepared.upstream,
+                    target,
+                    upstream,
+                    force_fresh,
+                    pace_until,
+                );
+                match step {
+                    Acquire::Idle(stream) => {
                         let waited = if paced {
                             micros(connecting.elapsed())
                         } else {
@@ -882,18 +905,9 @@ impl<C: ByteStream> Connection<C> {
                         self.lent.record.upstream_connect_us = Some(waited);
                         return Ok((stream, target, true));
                     }
+                    Acquire::Connect { slot } => break slot,
+                    Acquire::Wait => {}
                 }
-                if upstream.keepalive == 0 {
-                    // Nothing comes back to wait for: every request connects.
-                    break false;
-                }
-                if pools.start_connect(prepared.upstream, target) {
-                    break true;
-                }
-                if Instant::now() >= pace_until {
-                    break false;
-                }
-                drop(pools);
                 let index = prepared.upstream;
                 let mut registered = false;
                 let woken = std::future::poll_fn(|cx| {
@@ -911,13 +925,13 @@ impl<C: ByteStream> Connection<C> {
                 let _ = timeout_at(pace_until, woken).await;
                 paced = true;
             };
+            let slot = slot.then(|| ConnectSlot {
+                generation: &generation,
+                upstream: prepared.upstream,
+                target,
+            });
             let result = accept::connect_upstream(&core, upstream, target).await;
-            if slot {
-                generation
-                    .pools
-                    .borrow_mut()
-                    .end_connect(prepared.upstream, target);
-            }
+            drop(slot);
             let status = match result {
                 Ok(stream) => {
                     self.lent.record.upstream_connect_us = Some(micros(connecting.elapsed()));

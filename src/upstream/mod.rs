@@ -23,6 +23,17 @@ const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Connects to one target in progress at once on one core (see the module's notes).
 pub const MAX_CONNECTING: u32 = 8;
 
+/// What [`UpstreamPools::acquire`] gives a request.
+pub enum Acquire {
+    /// A pooled connection.
+    Idle(UpstreamStream),
+    /// Connect; `slot`: a connect slot was taken (give it back with
+    /// [`UpstreamPools::end_connect`]).
+    Connect { slot: bool },
+    /// Neither is free yet.
+    Wait,
+}
+
 /// One target's core-local state.
 #[derive(Default)]
 struct TargetState {
@@ -166,6 +177,37 @@ impl UpstreamPools {
             state.idle.push((stream, now));
             state.wake_one();
         }
+    }
+
+    /// What a request gets for `target`: an idle connection (unless `force_fresh`), else a
+    /// connect slot, else — until `pace_until` — nothing yet ([`Acquire::Wait`]: register with
+    /// [`UpstreamPools::wait_for`] and ask again when woken). Past `pace_until`, and always
+    /// when the upstream keeps no idle connections, it may connect without a slot.
+    pub fn acquire(
+        &mut self,
+        index: usize,
+        target: usize,
+        upstream: &Upstream,
+        force_fresh: bool,
+        pace_until: Instant,
+    ) -> Acquire {
+        let now = Instant::now();
+        if !force_fresh {
+            if let Some(stream) = self.take_idle(index, target, upstream, now) {
+                return Acquire::Idle(stream);
+            }
+        }
+        if upstream.keepalive == 0 {
+            // Nothing comes back to wait for: every request connects.
+            return Acquire::Connect { slot: false };
+        }
+        if self.start_connect(index, target) {
+            return Acquire::Connect { slot: true };
+        }
+        if now >= pace_until {
+            return Acquire::Connect { slot: false };
+        }
+        Acquire::Wait
     }
 
     /// Takes a connect slot for `target` when one is free.
