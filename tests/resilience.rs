@@ -147,3 +147,49 @@ fn a_connection_flood_past_the_descriptor_limit_degrades_and_recovers() {
         "the gateway exited"
     );
 }
+
+/// Connect pacing: 200 new clients send their first request at once to a one-worker gateway
+/// whose upstream keeps 4 idle connections and answers after 20 ms. At most 8 connects run at
+/// a time; the other requests wait for a connect slot or a returning connection. Every one
+/// must be answered well within the connect timeout (5 s): a lost wake-up would leave requests
+/// waiting that long.
+#[test]
+fn a_burst_of_new_clients_is_served_through_paced_upstream_connects() {
+    let up = TestUpstream::start(Mode::Delay(Duration::from_millis(20)));
+    let gw = ConfigBuilder::new(free_port(), &[up.port])
+        .workers(1)
+        .upstream_opt("keepalive = 4")
+        .upstream_opt("connect_timeout = \"5s\"")
+        .start();
+    let port = gw.port();
+    let clients = 200;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(clients));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|i| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut client = Client::connect(port);
+                barrier.wait();
+                let resp = client.get(&format!("/burst/{i}"));
+                (
+                    resp.status,
+                    resp.header("x-echo-target").map(str::to_string),
+                )
+            })
+        })
+        .collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let (status, target) = handle.join().expect("client thread");
+        assert_eq!(status, 200, "client {i}");
+        assert_eq!(target.as_deref(), Some(format!("/burst/{i}").as_str()));
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "the burst took {took:?}");
+    assert_eq!(up.requests(), clients);
+    assert!(
+        up.connections() <= clients,
+        "{} upstream connections",
+        up.connections()
+    );
+}
