@@ -281,6 +281,48 @@ impl Drop for ConnectSlot<'_> {
     }
 }
 
+/// A request's place in the queue of a target's connect pacing: ready once woken (a
+/// connection came back or a connect slot freed). Leaving the queue unwoken (timed out, or
+/// dropped) takes the place out; leaving after a wake-up it did not see passes the wake-up on.
+struct PoolWait<'a> {
+    generation: &'a Generation,
+    upstream: usize,
+    target: usize,
+    ticket: Option<u64>,
+}
+
+impl std::future::Future for PoolWait<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let mut pools = self.generation.pools.borrow_mut();
+        match self.ticket {
+            None => {
+                let ticket = pools.wait_for(self.upstream, self.target, cx.waker());
+                drop(pools);
+                self.ticket = Some(ticket);
+                Poll::Pending
+            }
+            Some(ticket) if pools.is_waiting(self.upstream, self.target, ticket) => Poll::Pending,
+            Some(_) => {
+                drop(pools);
+                self.ticket = None;
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+impl Drop for PoolWait<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket {
+            if let Ok(mut pools) = self.generation.pools.try_borrow_mut() {
+                pools.leave(self.upstream, self.target, ticket, true);
+            }
+        }
+    }
+}
+
 /// A connection past its set-up.
 #[allow(clippy::large_enum_variant)] // the plain connection stays in the task's own state
 enum Accepted {
@@ -464,9 +506,15 @@ impl<C: ByteStream> Connection<C> {
                 let deadline =
                     first_deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
                 let ready = self.client.wait_readable(deadline);
-                let ready = monoio::select! {
-                    ready = ready => matches!(ready, Ok(Ok(()))),
-                    _ = core.drain.wait() => false,
+                let ready = if first_deadline.is_some() {
+                    // A connection accepted just before a drain still gets its first request
+                    // served.
+                    matches!(ready.await, Ok(Ok(())))
+                } else {
+                    monoio::select! {
+                        ready = ready => matches!(ready, Ok(Ok(()))),
+                        _ = core.drain.wait() => false,
+                    }
                 };
                 if !ready {
                     break;
@@ -908,21 +956,14 @@ impl<C: ByteStream> Connection<C> {
                     Acquire::Connect { slot } => break slot,
                     Acquire::Wait => {}
                 }
-                let index = prepared.upstream;
-                let mut registered = false;
-                let woken = std::future::poll_fn(|cx| {
-                    if registered {
-                        return Poll::Ready(());
-                    }
-                    generation
-                        .pools
-                        .borrow_mut()
-                        .wait_for(index, target, cx.waker());
-                    registered = true;
-                    Poll::Pending
-                });
                 // Woken or timed out: either way the loop looks again.
-                let _ = timeout_at(pace_until, woken).await;
+                let wait = PoolWait {
+                    generation: &generation,
+                    upstream: prepared.upstream,
+                    target,
+                    ticket: None,
+                };
+                let _ = timeout_at(pace_until, wait).await;
                 paced = true;
             };
             let slot = slot.then(|| ConnectSlot {

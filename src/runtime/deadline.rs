@@ -262,6 +262,16 @@ fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
     TABLE.with(|table| f(&mut table.borrow_mut()))
 }
 
+/// For drops: does nothing when the table is gone (thread exit) or busy (a drop nested in
+/// the table's own work), rather than panic.
+fn with_table_if_free(f: impl FnOnce(&mut Table)) {
+    let _ = TABLE.try_with(|table| {
+        if let Ok(mut table) = table.try_borrow_mut() {
+            f(&mut table);
+        }
+    });
+}
+
 /// Runs `task` with a deadline slot of its own for its whole life (a connection task): its
 /// timed operations then reuse that slot instead of each taking one.
 pub fn scope<F: Future>(task: F) -> Scope<F> {
@@ -283,7 +293,7 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let slot = this.slot.get();
             if slot != NONE {
-                with_table(|table| table.release(slot));
+                with_table_if_free(|table| table.release(slot));
             }
         }
     }
@@ -335,7 +345,16 @@ pin_project_lite::pin_project! {
     impl<F> PinnedDrop for Timeout<F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            end(*this.slot, *this.own_slot);
+            let (slot, own) = (*this.slot, *this.own_slot);
+            if slot != NONE {
+                with_table_if_free(|table| {
+                    if own {
+                        table.release(slot)
+                    } else {
+                        table.disarm(slot)
+                    }
+                });
+            }
         }
     }
 }
@@ -428,22 +447,26 @@ pub struct DriverGuard(());
 
 impl Drop for DriverGuard {
     fn drop(&mut self) {
+        // Wakers are dropped after the table's borrow ends: dropping the last one of a task
+        // drops its future, whose timed operations give their slots back to this table.
+        let mut wakers = Vec::new();
         let _ = TABLE.try_with(|table| {
             if let Ok(mut table) = table.try_borrow_mut() {
                 let table = &mut *table;
                 table.driver_running = false;
                 table.driver_at = None;
-                table.driver_waker = None;
+                wakers.extend(table.driver_waker.take());
                 table.replan = false;
                 for id in std::mem::take(&mut table.heap) {
                     table.slots[id as usize].heap_pos = NONE;
                 }
                 for slot in &mut table.slots {
                     slot.armed = DISARMED;
-                    slot.waker = None;
+                    wakers.extend(slot.waker.take());
                 }
             }
         });
+        drop(wakers);
     }
 }
 

@@ -182,16 +182,16 @@ impl ByteStream for TlsStream {
         &mut self,
         deadline: Instant,
     ) -> impl std::future::Future<Output = Result<std::io::Result<()>, Elapsed>> {
+        // Plaintext, the end of the stream (close_notify) or an error: not a wait.
         let buffered = self.rx_pos < self.rx.len()
-            || matches!(self.session.reader().fill_buf(), Ok(plain) if !plain.is_empty());
+            || !matches!(self.session.reader().fill_buf(), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock);
         let tcp = if buffered {
             None
         } else {
+            // `tx` holds what the last flush wrote, nothing unsent.
             self.rx = Vec::new();
             self.rx_pos = 0;
-            if self.tx.is_empty() {
-                self.tx = Vec::new();
-            }
+            self.tx = Vec::new();
             Some(&mut self.tcp)
         };
         async move {

@@ -46,14 +46,24 @@ struct TargetState {
     outstanding: u32,
     /// Connects in progress.
     connecting: u32,
-    /// Requests waiting for an idle connection or a connect slot, first come first served.
-    waiters: std::collections::VecDeque<Waker>,
+    /// Requests waiting for an idle connection or a connect slot, first come first served,
+    /// by ticket.
+    waiters: std::collections::VecDeque<(u64, Waker)>,
+    /// The next waiter's ticket.
+    next_ticket: u64,
 }
 
 impl TargetState {
     /// Wakes the longest-waiting request: a connection came back or a connect slot freed.
     fn wake_one(&mut self) {
-        if let Some(waker) = self.waiters.pop_front() {
+        if let Some((_, waker)) = self.waiters.pop_front() {
+            waker.wake();
+        }
+    }
+
+    /// Wakes every waiting request (the state is being replaced: they look again).
+    fn wake_all(&mut self) {
+        for (_, waker) in self.waiters.drain(..) {
             waker.wake();
         }
     }
@@ -108,7 +118,16 @@ impl UpstreamPools {
                 *state = std::mem::take(&mut old.upstreams[index]);
                 for target in &mut state.targets {
                     target.idle.truncate(new.keepalive);
+                    // Connects in flight give their slots back to the generation they started
+                    // in, and waiters wait on theirs: start the count afresh, let them look.
+                    target.connecting = 0;
+                    target.wake_all();
                 }
+            }
+        }
+        for state in &mut old.upstreams {
+            for target in &mut state.targets {
+                target.wake_all();
             }
         }
         pools
@@ -197,8 +216,8 @@ impl UpstreamPools {
                 return Acquire::Idle(stream);
             }
         }
-        if upstream.keepalive == 0 {
-            // Nothing comes back to wait for: every request connects.
+        if upstream.keepalive == 0 || force_fresh {
+            // Nothing comes back to wait for (or a pooled connection will not do): connect.
             return Acquire::Connect { slot: false };
         }
         if self.start_connect(index, target) {
@@ -227,11 +246,35 @@ impl UpstreamPools {
         state.wake_one();
     }
 
-    /// Registers a request waiting for `target` (see [`UpstreamPools::start_connect`]).
-    pub fn wait_for(&mut self, index: usize, target: usize, waker: &Waker) {
+    /// Queues a request waiting for `target` (see [`UpstreamPools::acquire`]); returns its
+    /// ticket.
+    pub fn wait_for(&mut self, index: usize, target: usize, waker: &Waker) -> u64 {
+        let state = &mut self.upstreams[index].targets[target];
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state.waiters.push_back((ticket, waker.clone()));
+        ticket
+    }
+
+    /// Whether `ticket` still waits (false: it was woken).
+    pub fn is_waiting(&self, index: usize, target: usize, ticket: u64) -> bool {
         self.upstreams[index].targets[target]
             .waiters
-            .push_back(waker.clone());
+            .iter()
+            .any(|(t, _)| *t == ticket)
+    }
+
+    /// Takes `ticket` out of the queue. When it had been woken already (and its waiter leaves
+    /// without using what came free), the wake-up passes to the next waiter.
+    pub fn leave(&mut self, index: usize, target: usize, ticket: u64, pass_on: bool) {
+        let state = &mut self.upstreams[index].targets[target];
+        match state.waiters.iter().position(|(t, _)| *t == ticket) {
+            Some(at) => {
+                state.waiters.remove(at);
+            }
+            None if pass_on => state.wake_one(),
+            None => {}
+        }
     }
 
     pub fn begin(&mut self, index: usize, target: usize) {
@@ -421,5 +464,27 @@ mod tests {
             "a's ejection carried over"
         );
         assert_eq!(carried.pick(0, &b2, None, now), Some(0));
+    }
+
+    #[test]
+    fn a_reload_frees_connect_slots_and_wakes_waiters() {
+        use std::sync::atomic::Ordering;
+        let a = upstream(Balance::RoundRobin, 1);
+        let mut pools = UpstreamPools::new(std::slice::from_ref(&a));
+        while pools.start_connect(0, 0) {}
+        let counter = std::sync::Arc::new(CountingWaker(Default::default()));
+        pools.wait_for(0, 0, &Waker::from(counter.clone()));
+        let mut carried =
+            UpstreamPools::carry_over(pools, std::slice::from_ref(&a), std::slice::from_ref(&a));
+        assert_eq!(
+            counter.0.load(Ordering::Relaxed),
+            1,
+            "the waiter looks again"
+        );
+        // The connects in flight give their slots back to the old pools: the new ones start
+        // with every slot free.
+        for _ in 0..MAX_CONNECTING {
+            assert!(carried.start_connect(0, 0));
+        }
     }
 }
