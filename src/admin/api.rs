@@ -8,7 +8,7 @@ use super::views;
 use crate::auth::basic::PasswordHash;
 use crate::auth::index::{CredentialKind, Handle, SubscriptionState};
 use crate::auth::{api_key, mtls, unix_now};
-use crate::config::{parse_duration, parse_rfc3339, SubscriptionModeName};
+use crate::config::{parse_duration, parse_rfc3339, Config, SubscriptionModeName};
 use crate::observe::exposition::Format;
 use crate::store::{
     subscription_state_from_name, AuditQuery, ConsumerRecord, CredentialRecord,
@@ -1158,13 +1158,7 @@ impl Api {
                 return Err(invalid(format!("plan `{plan}` names no [[plans]]")));
             }
         }
-        let mut lookup = String::new();
-        if config
-            .resolved
-            .credentials
-            .subscription(&new.consumer, &new.api, &mut lookup)
-            .is_some()
-        {
+        if config_declares_subscription(config, &new.consumer, &new.api) {
             return Err(AdminError::ReadOnly(format!(
                 "the subscription of {} to {}",
                 new.consumer, new.api
@@ -1278,14 +1272,7 @@ impl Api {
                 AdminError::NotFound(format!("subscription {id}"))
             });
         };
-        let mut lookup = String::new();
-        if state
-            .config
-            .resolved
-            .credentials
-            .subscription(&record.consumer, &record.api, &mut lookup)
-            .is_some()
-        {
+        if config_declares_subscription(&state.config, &record.consumer, &record.api) {
             return Err(AdminError::ReadOnly(format!(
                 "the subscription of {} to {} (declared in the config)",
                 record.consumer, record.api
@@ -1421,6 +1408,17 @@ fn describe_handle(handle: &Handle) -> String {
         Handle::MtlsName(n) => format!("name {n}"),
         Handle::Jwt { issuer, subject } => format!("issuer {issuer} subject {subject}"),
     }
+}
+
+/// The config declares a subscription of `consumer` to `api` (a store object may not stand
+/// in its place).
+fn config_declares_subscription(config: &Config, consumer: &str, api: &str) -> bool {
+    let mut lookup = String::new();
+    config
+        .resolved
+        .credentials
+        .subscription(consumer, api, &mut lookup)
+        .is_some()
 }
 
 #[cfg(test)]

@@ -411,8 +411,9 @@ async fn accept_connection(
         tls_version: None,
         certificate: None,
     };
-    let conn = Connection::new(core.clone(), generation.clone(), tcp, info);
-    Some(match generation.server_tls[listener].clone() {
+    let tls = generation.server_tls[listener].clone();
+    let conn = Connection::new(core, generation, tcp, info);
+    Some(match tls {
         None => Accepted::Plain {
             conn,
             _admitted: admitted,
@@ -654,22 +655,7 @@ impl<C: ByteStream> Connection<C> {
             }
             let waiting_idle = head_deadline.is_none();
             let deadline = head_deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
-            if self.inbuf.capacity() == 0 {
-                // Wait for bytes first, then take a buffer for them.
-                let ready = self.client.wait_readable(deadline);
-                let ready = if waiting_idle {
-                    monoio::select! {
-                        ready = ready => ready,
-                        _ = core.drain.wait() => return None,
-                    }
-                } else {
-                    ready.await
-                };
-                if !matches!(ready, Ok(Ok(()))) {
-                    return None;
-                }
-                self.inbuf = core.buffers.take();
-            }
+            // `run` gave the connection its read buffer before this request.
             let read = self.client.read_more(&mut self.inbuf, READ_CHUNK, deadline);
             let result = if waiting_idle {
                 monoio::select! {

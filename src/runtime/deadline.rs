@@ -345,26 +345,18 @@ pin_project_lite::pin_project! {
     impl<F> PinnedDrop for Timeout<F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            let (slot, own) = (*this.slot, *this.own_slot);
-            if slot != NONE {
-                with_table_if_free(|table| {
-                    if own {
-                        table.release(slot)
-                    } else {
-                        table.disarm(slot)
-                    }
-                });
-            }
+            end(*this.slot, *this.own_slot);
         }
     }
 }
 
 /// Gives a timed operation's slot back: disarmed when it was the scope's, freed when its own.
+/// Also called from drops, so a busy or gone table is skipped rather than a panic.
 fn end(slot: SlotId, own: bool) {
     if slot == NONE {
         return;
     }
-    with_table(|table| {
+    with_table_if_free(|table| {
         if own {
             table.release(slot)
         } else {
