@@ -593,3 +593,59 @@ fn upstream_response_headers_and_status_are_relayed() {
     assert_eq!(resp.body_str(), "created");
     assert!(resp.header("x-request-id").is_some());
 }
+
+/// Data-carrying TCP segments a connection has received (`tcp_info.tcpi_data_segs_in`, Linux
+/// 4.6+; at byte 152 of the kernel's `struct tcp_info`, beyond what `libc::tcp_info` declares).
+fn data_segments_in(stream: &std::net::TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes and the kernel writes at most `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "getsockopt(TCP_INFO)");
+    assert!(
+        len >= 156,
+        "tcp_info too short for tcpi_data_segs_in: {len}"
+    );
+    u32::from_ne_bytes(info[152..156].try_into().unwrap())
+}
+
+#[test]
+fn small_response_reaches_the_client_in_one_segment() {
+    // The upstream writes head and body at once; the gateway sends its rewritten head and the
+    // body together, not as two packets.
+    let handler: Handler = Arc::new(|req: &RecordedRequest| {
+        if req.target == "/chunked" {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec()
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nhello from upstream\n".to_vec()
+        }
+    });
+    let up = TestUpstream::start(Mode::Func(handler));
+    let gw = ConfigBuilder::new(free_port(), &[up.port]).start();
+    let mut c = gw.client();
+    let resp = c.get("/");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body_str(), "hello from upstream\n");
+    assert_eq!(
+        data_segments_in(&c.stream),
+        1,
+        "head and body in one segment"
+    );
+    let resp = c.get("/chunked");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body_str(), "hello");
+    assert_eq!(
+        data_segments_in(&c.stream),
+        2,
+        "chunked head and body in one segment"
+    );
+}

@@ -49,6 +49,9 @@ use std::time::{Duration, Instant};
 const READ_CHUNK: usize = 4 * 1024;
 /// Larger reads while a body streams through.
 const BODY_CHUNK: usize = 64 * 1024;
+/// Body bytes up to this many, read together with the upstream's response head, are copied
+/// behind the client's response head and sent in the same write.
+const COALESCE_BODY: usize = 16 * 1024;
 /// Buffer capacity a connection keeps between requests; what a large body grew beyond this is
 /// given back, so idle keep-alive connections stay small.
 const RETAINED_BUFFER: usize = 16 * 1024;
@@ -864,10 +867,7 @@ impl<C: ByteStream> Connection<C> {
             }
         };
 
-        // The response head (and any body bytes read with it) is in `out`.
-        if !self.send_out(body_timeout).await {
-            return Next::Close;
-        }
+        // The response head is in `out`; the body relay sends it with the first body bytes.
         let complete = match self.relay_response_body(&plan, &mut up, body_timeout).await {
             Ok(complete) => complete,
             Err(()) => return Next::Close,
@@ -1148,9 +1148,11 @@ impl<C: ByteStream> Connection<C> {
         }
     }
 
-    /// Sends the response body    /// Sends the response body: first what was read with the head (already after the head in
-    /// `ubuf`), then the rest as it arrives. Returns whether the upstream connection ended
-    /// exactly at the end of the response (and so may be reused).
+    /// Sends the response body    /// Sends the response head (in `out`) and body: first what was read with the head (already
+    /// after the head in `ubuf`), then the rest as it arrives. Body bytes that came with the head
+    /// go out in the head's write when they are few (up to [`COALESCE_BODY`]): one send instead
+    /// of two, which on a small response is most of the kernel's work. Returns whether the
+    /// upstream connection ended exactly at the end of the response (and so may be reused).
     async fn relay_response_body(
         &mut self,
         plan: &ResponsePlan,
@@ -1163,9 +1165,10 @@ impl<C: ByteStream> Connection<C> {
             _ => 0,
         };
         let mut start = plan.head_len;
+        let mut head_pending = true;
         loop {
             let available = self.lent.ubuf.len() - start;
-            let (take, done) = match plan.framing {
+            let (mut take, done) = match plan.framing {
                 BodyFraming::None => (0, true),
                 BodyFraming::Length(_) => {
                     let take = (available as u64).min(remaining);
@@ -1178,7 +1181,9 @@ impl<C: ByteStream> Connection<C> {
                         let lent = &mut *self.lent;
                         let ubuf = &lent.ubuf;
                         let out = &mut lent.out;
-                        out.clear();
+                        if !std::mem::take(&mut head_pending) {
+                            out.clear();
+                        }
                         let consumed = scanner
                             .scan(&ubuf[start..], |a, b| {
                                 out.extend_from_slice(&ubuf[start + a..start + b])
@@ -1201,6 +1206,17 @@ impl<C: ByteStream> Connection<C> {
                     (consumed, scanner.is_done())
                 }
             };
+            if std::mem::take(&mut head_pending) {
+                let lent = &mut *self.lent;
+                let coalesced = if take <= COALESCE_BODY { take } else { 0 };
+                lent.out
+                    .extend_from_slice(&lent.ubuf[start..start + coalesced]);
+                if !self.send_out(timeout).await {
+                    return Err(());
+                }
+                start += coalesced;
+                take -= coalesced;
+            }
             if take > 0
                 && self
                     .client
