@@ -215,6 +215,8 @@ def parse_cflow(text):
         # max) and p99/p50.
         "per_connection": obj.get("per_connection"),
         "loadgen_cpu_s": obj.get("loadgen_cpu_s"),
+        # Open loop: sends that left > 2 ms late on an idle connection (the generator was held up).
+        "late_sends": obj.get("late_sends"),
         # https: negotiated version/cipher/group, resumption on or off, handshakes and resumed.
         "tls": obj.get("tls"),
     }
@@ -566,6 +568,10 @@ def closed_cpu(r):
     return (r.get("closed") or {}).get("proxy_cpu_us_per_req")
 
 
+def open_p99_of(r):
+    return ((r.get("open") or {}).get("latency_us") or {}).get("p99")
+
+
 def resumption_problems(where, tls, expect):
     """A run whose handshakes did not resume as the scenario expects ("yes": at least 90 %
     resumed; "no": none)."""
@@ -675,7 +681,8 @@ def report_markdown(data):
                  "lower is better. p50/p99 are closed-loop (at saturation, p50 ≈ connections ÷ req/s); "
                  "open-loop figures are at the fixed rate. conn p99/p50 is how evenly the "
                  "connections were served in the closed loop: the 99th over the 50th percentile of "
-                 "the responses each connection completed (1.00 = all alike; cflow-load only).")
+                 "the responses each connection completed (1.00 = all alike; cflow-load only). "
+                 "×nginx open p99 is the median of per-round open-loop p99 ratios.")
     lines.append("")
     problems = []
     for scenario in meta["scenarios"]:
@@ -693,13 +700,15 @@ def report_markdown(data):
         unit = scenario.get("unit", "req")
         per_s = "handshakes/s" if unit == "handshake" else "req/s"
         lines.append(f"| peer | {per_s} | ×nginx {per_s} | CPU µs/{unit} | ×nginx CPU | p50 | p99 "
-                     f"| conn p99/p50 | open p99 @{rate}/s | open CPU µs/{unit} | RSS MiB |")
-        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+                     f"| conn p99/p50 | open p99 @{rate}/s | ×nginx open p99 | open CPU µs/{unit} "
+                     f"| RSS MiB |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+                     "| ---: |")
         peers = [p for p in meta["peers"] if any(r["peer"] == p for r in runs)]
         for peer in peers:
             pr = [r for r in runs if r["peer"] == peer]
             if all(r.get("skipped") for r in pr):
-                lines.append(f"| {peer} | skipped: {pr[0]['skipped']} | | | | | | | | | |")
+                lines.append(f"| {peer} | skipped: {pr[0]['skipped']} | | | | | | | | | | |")
                 continue
             pr = [r for r in pr if not r.get("skipped")]
             rps = [closed_rps(r) for r in pr]
@@ -715,11 +724,14 @@ def report_markdown(data):
             rss = median_or_none([r.get("rss_kib") for r in pr])
             if peer == "nginx":
                 rr = cr = "1.00"
+                orr = "1.00" if opens else "n/a"
             else:
                 rps_ratio = median_or_none(paired_ratios(runs, peer, closed_rps))
                 cpu_ratio = median_or_none(paired_ratios(runs, peer, closed_cpu))
+                open_ratio = median_or_none(paired_ratios(runs, peer, open_p99_of))
                 rr = f"{rps_ratio:.2f}" if rps_ratio is not None else "—"
                 cr = f"{cpu_ratio:.2f}" if cpu_ratio is not None else "—"
+                orr = f"{open_ratio:.2f}" if open_ratio is not None else ("—" if opens else "n/a")
             open_cell = fmt_latency(open_p99) if opens else "n/a"
             if open_short:
                 open_cell += " †"
@@ -729,7 +741,7 @@ def report_markdown(data):
             lines.append(
                 f"| {peer} | {fmt_range(rps)} | {rr} | {fmt_range(cpu, 2)} | {cr} "
                 f"| {fmt_latency(p50)} | {fmt_latency(p99)} "
-                f"| {f'{fair:.2f}' if fair is not None else 'n/a'} | {open_cell} "
+                f"| {f'{fair:.2f}' if fair is not None else 'n/a'} | {open_cell} | {orr} "
                 f"| {fmt_range(open_cpu, 2) if opens else 'n/a'} "
                 f"| {f'{rss / 1024:.1f}' if rss is not None else 'n/a'} |")
             threads = meta["layout"]["loadgen_threads"]
@@ -744,6 +756,12 @@ def report_markdown(data):
                         problems.append(f"{where}: non-2xx {m.get('non_2xx', 0)}, "
                                         f"errors {m.get('errors') or {}}")
                     util = m["loadgen_cpu_s_rusage"] / m["wall_s"] / threads if m.get("wall_s") else 0
+                    late = m.get("late_sends") or 0
+                    if phase == "open" and m.get("requests") and late > 0.001 * m["requests"]:
+                        problems.append(f"{where}: {late} sends left more than 2 ms late "
+                                        f"({100 * late / m['requests']:.2f}% of requests): the "
+                                        f"generator was held up, and its stalls are in this "
+                                        f"run's latency tail too")
                     if phase == "closed" and util >= 0.9:
                         problems.append(f"{where}: the load generator used {util * 100:.0f}% of its "
                                         f"CPU: the run may be load-generator bound")

@@ -30,6 +30,11 @@ pub struct Report {
     pub per_connection: ConnectionShare,
     /// Open loop: the requested rate; null in closed loop.
     pub target_rate: Option<f64>,
+    /// Open loop: requests that left more than `LATE_SEND` (2 ms) after their scheduled time on
+    /// an idle connection. The generator itself was held up then (its CPU, or the machine), and
+    /// the same stalls can delay the responses it reads, so a run with many of them has a tail
+    /// that is partly the machine's. Null in closed loop.
+    pub late_sends: Option<u64>,
     /// User plus system CPU seconds of the generator during the measured window.
     pub loadgen_cpu_s: f64,
     /// For https: what was negotiated and how many handshakes resumed; null for http.
@@ -199,6 +204,7 @@ mod tests {
             },
             per_connection: ConnectionShare::of(&[4, 6]),
             target_rate: None,
+            late_sends: None,
             loadgen_cpu_s: 0.5,
             tls: None,
         }
@@ -245,6 +251,7 @@ mod tests {
             "latency_us",
             "per_connection",
             "target_rate",
+            "late_sends",
             "loadgen_cpu_s",
             "tls",
         ] {
@@ -255,6 +262,7 @@ mod tests {
         assert_eq!(value["errors"]["connect"], 0);
         assert_eq!(value["latency_us"]["p999"], 5);
         assert!(value["target_rate"].is_null());
+        assert!(value["late_sends"].is_null());
         assert!(value["tls"].is_null());
 
         let value: serde_json::Value = serde_json::from_str(&tls_report().to_json()).unwrap();

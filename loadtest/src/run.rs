@@ -212,6 +212,7 @@ pub fn execute(settings: &Settings) -> Result<Outcome, Error> {
         latency_us: LatencySummary::of(&stats.histogram),
         per_connection: ConnectionShare::of(&stats.per_connection),
         target_rate: settings.rate,
+        late_sends: settings.rate.map(|_| stats.late_sends),
         loadgen_cpu_s: ((cpu_after - cpu_before) * 1e6).round() / 1e6,
         tls: negotiated.map(|negotiated| TlsReport {
             negotiated,

@@ -1148,7 +1148,7 @@ impl<C: ByteStream> Connection<C> {
         }
     }
 
-    /// Sends the response body    /// Sends the response head (in `out`) and body: first what was read with the head (already
+    /// Sends the response head (in `out`) and body: first what was read with the head (already
     /// after the head in `ubuf`), then the rest as it arrives. Body bytes that came with the head
     /// go out in the head's write when they are few (up to [`COALESCE_BODY`]): one send instead
     /// of two, which on a small response is most of the kernel's work. Returns whether the
