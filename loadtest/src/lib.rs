@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod error;
 pub mod hgrm;
+pub mod pacer;
 pub mod plot;
 pub mod report;
 pub mod request;

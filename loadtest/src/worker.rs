@@ -5,6 +5,7 @@
 //! global schedule, latency counted from the intended send time). Results land in the
 //! thread's own `Stats`; nothing is shared between threads but a progress counter.
 
+use crate::pacer::Pacer;
 use crate::request::RequestSet;
 use crate::response::{Response, ResponseParser};
 use crate::stats::{ErrorKind, Stats};
@@ -82,6 +83,7 @@ pub fn run_worker(plan: Arc<Plan>, schedule: Schedule, spec: WorkerSpec) -> Stat
         stats: RefCell::new(Stats::new()),
         progress: spec.progress,
         next_request: Cell::new(spec.index),
+        precise_pacing: Cell::new(false),
     });
     let connections = spec.connections;
     let main = || thread_main(ctx.clone(), connections.clone());
@@ -94,6 +96,7 @@ pub fn run_worker(plan: Arc<Plan>, schedule: Schedule, spec: WorkerSpec) -> Stat
             .uring_builder(ring)
             .build()
         {
+            ctx.precise_pacing.set(true);
             runtime.block_on(main());
             return ctx.take_stats();
         }
@@ -102,6 +105,7 @@ pub fn run_worker(plan: Arc<Plan>, schedule: Schedule, spec: WorkerSpec) -> Stat
             .with_entries(entries)
             .build()
         {
+            ctx.precise_pacing.set(true);
             runtime.block_on(main());
             return ctx.take_stats();
         }
@@ -142,6 +146,9 @@ struct Ctx {
     progress: Arc<AtomicU64>,
     /// Closed loop: the thread's request counter for header rotation.
     next_request: Cell<usize>,
+    /// Open loop: the thread runs on io_uring, so its connections pace sends with timerfds
+    /// (see [`Pacer`]).
+    precise_pacing: Cell<bool>,
 }
 
 impl Ctx {
@@ -390,14 +397,17 @@ async fn closed_loop(ctx: &Ctx, conn: &mut Conn) {
 ///
 /// Latency starts at the intended time when the connection was still busy with its previous
 /// response then (a stalled server delays the requests behind it, and that delay counts).
-/// When the connection was idle, it starts when the request actually leaves: the few hundred
+/// When the connection was idle, it starts when the request actually leaves: the tens of
 /// microseconds a timer wake-up may lag are the generator's, not the server's. Such lag
-/// beyond `LATE_SEND` is counted separately.
+/// beyond `LATE_SEND` is counted separately. The wait for the intended time is the
+/// connection's [`Pacer`] (a timerfd on io_uring), not the runtime's millisecond timer, so
+/// the requests reach the server spread as scheduled rather than bunched per timer tick.
 async fn open_loop(ctx: &Ctx, conn: &mut Conn, index: usize, rate: f64) {
     let Schedule { start, end, .. } = ctx.schedule;
     let step = ctx.plan.connections as u64;
     let mut k = index as u64;
     let mut previous_done = start;
+    let mut pacer = Pacer::new(ctx.precise_pacing.get());
     if conn.transport.is_none() {
         conn.connect(ctx).await;
     }
@@ -408,9 +418,7 @@ async fn open_loop(ctx: &Ctx, conn: &mut Conn, index: usize, rate: f64) {
         if intended >= end || Instant::now() >= end {
             return;
         }
-        if Instant::now() < intended {
-            monoio::time::sleep_until(intended.into()).await;
-        }
+        pacer.until(intended).await;
         let now = Instant::now();
         let clock_start = if previous_done > intended {
             intended
