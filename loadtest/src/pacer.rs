@@ -62,9 +62,7 @@ impl Pacer {
         // SAFETY: `timer` is an open timerfd and `spec` a valid, non-zero relative expiry.
         let armed =
             unsafe { libc::timerfd_settime(timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
-        let Some(mut bytes) = buf.take() else {
-            return;
-        };
+        let mut bytes = buf.take().unwrap_or_else(|| Vec::with_capacity(8));
         if armed == 0 {
             bytes.clear();
             let (result, back) = timer.read_at(bytes, 0).await;
