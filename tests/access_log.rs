@@ -437,3 +437,30 @@ fn sampling_zero_keeps_only_non_2xx() {
     assert_eq!(r[0]["status"], 404);
     assert_eq!(r[0]["path"], "/missing");
 }
+
+#[test]
+fn an_error_response_is_logged_when_sent_not_after_the_lingering_close() {
+    // After an error response the gateway lingers (drains the client for up to 1 s before
+    // closing). The record is logged before that: its duration ends with the response, and it
+    // is in the log while the client still holds the connection open.
+    let dead = free_port();
+    let path = log_path();
+    let text = ConfigBuilder::new(free_port(), &[dead]).build();
+    let gw = Gateway::start(&with_access_log(&text, &path, ""));
+    let mut client = gw.client();
+    let resp = client.request(b"GET /down HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(resp.status, 502);
+    let r = records(&path, 1);
+    assert_eq!(r[0]["status"], 502);
+    let duration = r[0]["duration_us"].as_u64().unwrap();
+    assert!(
+        duration < 500_000,
+        "duration_us {duration} includes the linger"
+    );
+    // The connection is still closed by the gateway after the lingering drain.
+    let close = client.read_to_eof_or_timeout(Duration::from_secs(3));
+    assert!(
+        close.closed,
+        "the gateway did not close after the error response"
+    );
+}

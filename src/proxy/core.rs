@@ -218,6 +218,9 @@ pub struct Lent {
     pub out: Vec<u8>,
     /// What comes from the upstream.
     pub ubuf: Vec<u8>,
+    /// An error response was written and the connection closes lingering, after the request's
+    /// record is logged.
+    pub linger: bool,
 }
 
 /// A core's spare [`Lent`] states.

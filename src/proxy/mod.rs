@@ -527,6 +527,10 @@ impl<C: ByteStream> Connection<C> {
             }
             self.core.lent.lend(&mut self.lent);
             let next = Box::pin(self.serve_next(first_deadline.take())).await;
+            if std::mem::take(&mut self.lent.linger) {
+                Box::pin(linger_close(&mut self.client, &mut self.inbuf)).await;
+                break;
+            }
             if next == Next::Close {
                 break;
             }
@@ -722,7 +726,8 @@ impl<C: ByteStream> Connection<C> {
         Next::KeepAlive
     }
 
-    /// Writes a problem response and closes the connection (lingering, see [`linger_close`]).
+    /// Writes a problem response; the connection then closes, lingering (see [`linger_close`])
+    /// once the request's record is logged, so the record's duration ends with the response.
     async fn respond_error(&mut self, status: u16, request_id: RequestId) {
         let record = &mut self.lent.record;
         record.status = status;
@@ -734,9 +739,7 @@ impl<C: ByteStream> Connection<C> {
         self.lent.out.clear();
         write_problem(&mut self.lent.out, status, true, request_id.as_bytes(), b"");
         let timeout = self.generation.snapshot.limits.body_timeout;
-        if self.send_out(timeout).await {
-            linger_close(&mut self.client, &mut self.inbuf).await;
-        }
+        self.lent.linger = self.send_out(timeout).await;
     }
 
     /// Writes the output buffer to the client and counts its bytes in the access record;
