@@ -718,7 +718,7 @@ def report_markdown(data):
             fair = median_or_none([((r.get("closed") or {}).get("per_connection") or {}).get("fairness")
                                    for r in pr])
             opens = [r.get("open") for r in pr if r.get("open")]
-            open_p99 = median_or_none([o.get("latency_us", {}).get("p99") for o in opens])
+            open_p99 = median_or_none([open_p99_of(r) for r in pr if r.get("open")])
             open_cpu = [o.get("proxy_cpu_us_per_req") for o in opens]
             open_short = [o for o in opens if o.get("rps") and o["rps"] < 0.95 * rate]
             rss = median_or_none([r.get("rss_kib") for r in pr])

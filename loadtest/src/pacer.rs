@@ -11,7 +11,7 @@
 use monoio::fs::File;
 use std::fs::File as StdFile;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 
 /// One connection's wait for its next intended send time.
@@ -58,7 +58,6 @@ impl Pacer {
                 tv_nsec: wait.subsec_nanos() as libc::c_long,
             },
         };
-        use std::os::fd::AsRawFd;
         // SAFETY: `timer` is an open timerfd and `spec` a valid, non-zero relative expiry.
         let armed =
             unsafe { libc::timerfd_settime(timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };

@@ -83,10 +83,11 @@ pub fn run_worker(plan: Arc<Plan>, schedule: Schedule, spec: WorkerSpec) -> Stat
         stats: RefCell::new(Stats::new()),
         progress: spec.progress,
         next_request: Cell::new(spec.index),
-        precise_pacing: Cell::new(false),
     });
     let connections = spec.connections;
-    let main = || thread_main(ctx.clone(), connections.clone());
+    // `precise`: the thread runs on io_uring, so open-loop connections pace sends with
+    // timerfds (see [`Pacer`]).
+    let main = |precise: bool| thread_main(ctx.clone(), connections.clone(), precise);
     if monoio::utils::detect_uring() {
         let mut ring = io_uring::IoUring::builder();
         ring.setup_single_issuer().setup_defer_taskrun();
@@ -96,8 +97,7 @@ pub fn run_worker(plan: Arc<Plan>, schedule: Schedule, spec: WorkerSpec) -> Stat
             .uring_builder(ring)
             .build()
         {
-            ctx.precise_pacing.set(true);
-            runtime.block_on(main());
+            runtime.block_on(main(true));
             return ctx.take_stats();
         }
         if let Ok(mut runtime) = RuntimeBuilder::<IoUringDriver>::new()
@@ -105,8 +105,7 @@ pub fn run_worker(plan: Arc<Plan>, schedule: Schedule, spec: WorkerSpec) -> Stat
             .with_entries(entries)
             .build()
         {
-            ctx.precise_pacing.set(true);
-            runtime.block_on(main());
+            runtime.block_on(main(true));
             return ctx.take_stats();
         }
     }
@@ -114,7 +113,7 @@ pub fn run_worker(plan: Arc<Plan>, schedule: Schedule, spec: WorkerSpec) -> Stat
         eprintln!("cflow-load: warning: io_uring is unavailable; using the epoll driver");
     }
     match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
-        Ok(mut runtime) => runtime.block_on(main()),
+        Ok(mut runtime) => runtime.block_on(main(false)),
         Err(err) => eprintln!(
             "cflow-load: warning: thread {} has no runtime: {err}",
             spec.index
@@ -146,9 +145,6 @@ struct Ctx {
     progress: Arc<AtomicU64>,
     /// Closed loop: the thread's request counter for header rotation.
     next_request: Cell<usize>,
-    /// Open loop: the thread runs on io_uring, so its connections pace sends with timerfds
-    /// (see [`Pacer`]).
-    precise_pacing: Cell<bool>,
 }
 
 impl Ctx {
@@ -182,7 +178,7 @@ impl Ctx {
     }
 }
 
-async fn thread_main(ctx: Rc<Ctx>, connections: Range<usize>) {
+async fn thread_main(ctx: Rc<Ctx>, connections: Range<usize>, precise_pacing: bool) {
     let tasks: Vec<_> = connections
         .map(|index| {
             let ctx = ctx.clone();
@@ -190,7 +186,7 @@ async fn thread_main(ctx: Rc<Ctx>, connections: Range<usize>) {
                 let mut conn = Conn::new(ctx.plan.requests.head);
                 match ctx.plan.rate {
                     None => closed_loop(&ctx, &mut conn).await,
-                    Some(rate) => open_loop(&ctx, &mut conn, index, rate).await,
+                    Some(rate) => open_loop(&ctx, &mut conn, index, rate, precise_pacing).await,
                 }
                 ctx.stats.borrow_mut().per_connection.push(conn.completed);
             })
@@ -402,12 +398,12 @@ async fn closed_loop(ctx: &Ctx, conn: &mut Conn) {
 /// beyond `LATE_SEND` is counted separately. The wait for the intended time is the
 /// connection's [`Pacer`] (a timerfd on io_uring), not the runtime's millisecond timer, so
 /// the requests reach the server spread as scheduled rather than bunched per timer tick.
-async fn open_loop(ctx: &Ctx, conn: &mut Conn, index: usize, rate: f64) {
+async fn open_loop(ctx: &Ctx, conn: &mut Conn, index: usize, rate: f64, precise_pacing: bool) {
     let Schedule { start, end, .. } = ctx.schedule;
     let step = ctx.plan.connections as u64;
     let mut k = index as u64;
     let mut previous_done = start;
-    let mut pacer = Pacer::new(ctx.precise_pacing.get());
+    let mut pacer = Pacer::new(precise_pacing);
     if conn.transport.is_none() {
         conn.connect(ctx).await;
     }
