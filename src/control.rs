@@ -232,6 +232,7 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Snapshot)) -> i32 {
             return 1;
         }
     };
+    plane.start_health_checks(&snapshot.upstreams);
     if let Some(admin) = admin {
         match crate::admin::server::start(
             admin.address,

@@ -19,6 +19,7 @@ use crate::limit::{FailureThrottle, KeyPart, LimitRule, QuotaAmount, Rate, RuleK
 use crate::router::{RouteKey, Router};
 use crate::tls::client::UpstreamTls;
 use crate::tls::server::ServerTls;
+use crate::upstream::health::HealthCheck;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,6 +97,8 @@ pub struct Upstream {
     pub fail_timeout: Duration,
     /// TLS to the targets, when the upstream has `[upstreams.tls]`.
     pub tls: Option<Arc<UpstreamTls>>,
+    /// Active health checks, when the upstream has `[upstreams.health_check]`.
+    pub health_check: Option<HealthCheck>,
 }
 
 /// Everything a core needs to serve requests.
@@ -151,6 +154,16 @@ impl Snapshot {
                 max_fails: u.max_fails,
                 fail_timeout: u.fail_timeout.0,
                 tls: tls.clone(),
+                health_check: u.health_check.as_ref().map(|c| {
+                    let c = c.get_ref();
+                    HealthCheck {
+                        path: c.path.get_ref().clone(),
+                        interval: c.interval.get_ref().0,
+                        timeout: c.timeout.get_ref().0,
+                        unhealthy_threshold: *c.unhealthy_threshold.get_ref(),
+                        healthy_threshold: *c.healthy_threshold.get_ref(),
+                    }
+                }),
             })
             .collect();
         let auth = compile_auth(config);

@@ -11,9 +11,10 @@ use crate::filter::connections::ConnectionCounts;
 use crate::observe::exposition::ControlFacts;
 use crate::runtime::channel::ControlSender;
 use crate::runtime::ControlMsg;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, Upstream};
 use crate::store::audit::{AuditEntry, AuditRecord};
 use crate::store::{Store, StoreError, Write};
+use crate::upstream::health::HealthChecker;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,6 +58,22 @@ pub struct PlaneState {
     audit_log: Option<AuditFile>,
     cores: Vec<ControlSender>,
     stopping: bool,
+    /// The active health checks of the current snapshot's upstreams (none configured: `None`).
+    health: Option<HealthChecker>,
+}
+
+impl PlaneState {
+    fn restart_health_checks(&mut self, upstreams: &[Upstream]) {
+        if let Some(mut old) = self.health.take() {
+            old.stop();
+        }
+        let cores = self
+            .cores
+            .iter()
+            .filter_map(|core| core.try_clone().ok())
+            .collect();
+        self.health = HealthChecker::start(upstreams, cores);
+    }
 }
 
 /// The audit trail's JSONL copy (appended after each commit).
@@ -233,6 +250,7 @@ impl ControlPlane {
                 audit_log,
                 cores,
                 stopping: false,
+                health: None,
             }),
             auth,
         })
@@ -303,7 +321,15 @@ impl ControlPlane {
 
     /// Refuses further writes (the gateway is draining).
     pub fn stop(&self) {
-        self.lock().stopping = true;
+        let mut state = self.lock();
+        state.stopping = true;
+        state.health = None;
+    }
+
+    /// (Re)starts the active health checks for `upstreams`, stopping the previous ones.
+    pub fn start_health_checks(&self, upstreams: &[Upstream]) {
+        let mut state = self.lock();
+        state.restart_health_checks(upstreams);
     }
 
     /// Reopens the audit JSONL file (SIGUSR1).
@@ -475,6 +501,7 @@ impl ControlPlane {
         }
         crate::control::log_certificates(&snapshot);
         crate::control::log_credentials(&config);
+        state.restart_health_checks(&snapshot.upstreams);
         // Admin tokens and the propagation timeout apply at once.
         *self
             .settings

@@ -321,6 +321,44 @@ pub struct UpstreamSection {
     #[serde(default = "default_fail_timeout")]
     pub fail_timeout: ConfigDuration,
     pub tls: Option<Spanned<UpstreamTlsSection>>,
+    /// Active health checks of the targets, from the control side.
+    pub health_check: Option<Spanned<HealthCheckSection>>,
+}
+
+/// `[upstreams.health_check]`: ask every target for `path` every `interval`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    /// Path of the `GET` request; a 2xx answer passes.
+    #[serde(default = "default_health_path")]
+    pub path: Spanned<String>,
+    #[serde(default = "default_health_interval")]
+    pub interval: Spanned<ConfigDuration>,
+    /// Connect, request and response head must complete within this.
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Spanned<ConfigDuration>,
+    /// Failed checks in a row that take a target out.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: Spanned<u32>,
+    /// Passed checks in a row that bring it back.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: Spanned<u32>,
+}
+
+fn default_health_path() -> Spanned<String> {
+    Spanned::new(0..0, "/healthz".to_string())
+}
+fn default_health_interval() -> Spanned<ConfigDuration> {
+    Spanned::new(0..0, ConfigDuration(Duration::from_secs(5)))
+}
+fn default_health_timeout() -> Spanned<ConfigDuration> {
+    Spanned::new(0..0, ConfigDuration(Duration::from_secs(1)))
+}
+fn default_unhealthy_threshold() -> Spanned<u32> {
+    Spanned::new(0..0, 2)
+}
+fn default_healthy_threshold() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
 }
 
 fn default_balance() -> Balance {
@@ -829,6 +867,9 @@ impl Config {
                     "upstreams.max_fails must be at least 1".to_string(),
                 );
             }
+            if let Some(check) = &upstream.health_check {
+                validate_health_check(p, check.get_ref());
+            }
             self.resolved.upstream_targets.push(addrs);
         }
         names
@@ -909,6 +950,45 @@ impl Config {
             available_cpus.max(1)
         } else {
             self.gateway.workers
+        }
+    }
+}
+
+/// Shortest `health_check.interval`: checks are a control-side task, not a load test.
+const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+
+fn validate_health_check(p: &mut Problems<'_>, check: &HealthCheckSection) {
+    let path = check.path.get_ref();
+    if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        p.on(
+            &check.path,
+            format!("upstreams.health_check.path `{path}` must start with '/' and hold no spaces or control characters"),
+        );
+    }
+    let interval = check.interval.get_ref().0;
+    if interval < MIN_HEALTH_INTERVAL {
+        p.on(
+            &check.interval,
+            "upstreams.health_check.interval must be at least 100ms".to_string(),
+        );
+    }
+    let timeout = check.timeout.get_ref().0;
+    if timeout.is_zero() || timeout > interval {
+        p.on(
+            &check.timeout,
+            "upstreams.health_check.timeout must be above zero and at most the interval"
+                .to_string(),
+        );
+    }
+    for (value, key) in [
+        (&check.unhealthy_threshold, "unhealthy_threshold"),
+        (&check.healthy_threshold, "healthy_threshold"),
+    ] {
+        if *value.get_ref() == 0 {
+            p.on(
+                value,
+                format!("upstreams.health_check.{key} must be at least 1"),
+            );
         }
     }
 }

@@ -372,6 +372,20 @@ impl Core {
             UpstreamPools::carry_over(old_pools, &old.snapshot.upstreams, &snapshot.upstreams);
         *self.current.borrow_mut() = Rc::new(Generation::new(snapshot, pools));
     }
+
+    /// Applies an active health check's verdict to the current generation's pools.
+    pub fn apply_health(&self, upstream: &str, target: std::net::SocketAddr, up: bool) {
+        let current = self.current();
+        let known = current.pools.borrow_mut().apply_health(
+            &current.snapshot.upstreams,
+            upstream,
+            target,
+            up,
+        );
+        if !known {
+            tracing::debug!(core = self.id, %upstream, %target, "health verdict for a target this snapshot does not have");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -43,6 +43,12 @@ pub enum ControlMsg {
     ReturnLeases(Sender<usize>),
     /// A scrape: send a copy of the core's metrics.
     Metrics(Sender<crate::observe::metrics::MetricsReport>),
+    /// An active health check's new verdict on one target of the upstream named `upstream`.
+    Health {
+        upstream: String,
+        target: std::net::SocketAddr,
+        up: bool,
+    },
 }
 
 /// Why the workers could not start.
@@ -468,6 +474,11 @@ async fn worker_main(core: Rc<Core>, control: ControlReceiver, ready: Ready) {
             Incoming::Control(ControlMsg::Metrics(reply)) => {
                 let _ = reply.send(core.metrics_report());
             }
+            Incoming::Control(ControlMsg::Health {
+                upstream,
+                target,
+                up,
+            }) => core.apply_health(&upstream, target, up),
             Incoming::Control(ControlMsg::ReturnLeases(ack)) => {
                 core.limits.return_leases();
                 let _ = ack.send(core.id);

@@ -1,8 +1,9 @@
 //! Per-core upstream state: the keep-alive pool of idle connections per target, the balancer
 //! cursor, outstanding-request counts, connect pacing, and passive health (ejection after
 //! consecutive failures, re-admission after `fail_timeout`, and — when every target is ejected
-//! — one probe request per second, so a returning target serves again within a second). Owned
-//! by one core; never shared.
+//! — one probe request per second, so a returning target serves again within a second), and
+//! the verdicts of the active health checks ([`health`]) the control side pushes. Owned by one
+//! core; never shared.
 //!
 //! Connect pacing: at most [`MAX_CONNECTING`] connects to one target are in progress on a core.
 //! A request that finds no idle connection and no free connect slot waits for whichever comes
@@ -10,6 +11,8 @@
 //! after which it connects anyway. A burst of new clients then reuses the connections that come
 //! back within milliseconds instead of opening one upstream connection each, which would make
 //! the upstream accept thousands of connections at once and slow every one of them.
+
+pub mod health;
 
 use crate::config::Balance;
 use crate::proxy::io::UpstreamStream;
@@ -43,6 +46,9 @@ struct TargetState {
     ejected_until: Option<Instant>,
     /// While ejected: when this core may send it the next probe request.
     next_probe: Option<Instant>,
+    /// The active health check found it down: no request, not even a probe, goes to it until
+    /// a check finds it up again.
+    checked_down: bool,
     outstanding: u32,
     /// Connects in progress.
     connecting: u32,
@@ -69,7 +75,7 @@ impl TargetState {
     }
 
     fn healthy(&self, now: Instant) -> bool {
-        self.ejected_until.is_none_or(|until| now >= until)
+        !self.checked_down && self.ejected_until.is_none_or(|until| now >= until)
     }
 }
 
@@ -118,6 +124,8 @@ impl UpstreamPools {
                 *state = std::mem::take(&mut old.upstreams[index]);
                 for target in &mut state.targets {
                     target.idle.truncate(new.keepalive);
+                    // Without health checks nothing would ever bring a checked-down target back.
+                    target.checked_down &= new.health_check.is_some();
                     // Connects in flight give their slots back to the generation they started
                     // in, and waiters wait on theirs: start the count afresh, let them look.
                     target.connecting = 0;
@@ -157,7 +165,7 @@ impl UpstreamPools {
         healthy.or_else(|| {
             let probe = (0..count)
                 .map(|offset| (start + offset) % count)
-                .filter(|&t| Some(t) != exclude)
+                .filter(|&t| Some(t) != exclude && !state.targets[t].checked_down)
                 .find(|&t| state.targets[t].next_probe.is_none_or(|at| now >= at))?;
             state.targets[probe].next_probe = Some(now + PROBE_INTERVAL);
             Some(probe)
@@ -286,6 +294,36 @@ impl UpstreamPools {
         t.outstanding = t.outstanding.saturating_sub(1);
     }
 
+    /// Applies an active health check's verdict on `target` of the upstream named `name`
+    /// (names and addresses, not indices: the verdict may come from a check started under an
+    /// earlier snapshot). Down: no request goes to it and its idle connections are closed. Up:
+    /// it serves again at once, a passive ejection included. False when no such target exists.
+    pub fn apply_health(
+        &mut self,
+        upstreams: &[Upstream],
+        name: &str,
+        target: std::net::SocketAddr,
+        up: bool,
+    ) -> bool {
+        let Some(index) = upstreams.iter().position(|u| u.name == name) else {
+            return false;
+        };
+        let Some(at) = upstreams[index].targets.iter().position(|&t| t == target) else {
+            return false;
+        };
+        let state = &mut self.upstreams[index].targets[at];
+        state.checked_down = !up;
+        if up {
+            state.consecutive_fails = 0;
+            state.ejected_until = None;
+            state.next_probe = None;
+            state.wake_all();
+        } else {
+            state.idle.clear();
+        }
+        true
+    }
+
     pub fn record_success(&mut self, index: usize, target: usize) {
         let t = &mut self.upstreams[index].targets[target];
         t.consecutive_fails = 0;
@@ -335,7 +373,56 @@ mod tests {
             max_fails: 2,
             fail_timeout: Duration::from_secs(10),
             tls: None,
+            health_check: None,
         }
+    }
+
+    #[test]
+    fn a_checked_down_target_gets_nothing_until_checked_up() {
+        let u = upstream(Balance::RoundRobin, 2);
+        let ups = std::slice::from_ref(&u);
+        let mut pools = UpstreamPools::new(ups);
+        let now = Instant::now();
+        assert!(pools.apply_health(ups, "u", u.targets[1], false));
+        assert!((0..4).all(|_| pools.pick(0, &u, None, now) == Some(0)));
+        // Both down: no probe either, whatever the time.
+        assert!(pools.apply_health(ups, "u", u.targets[0], false));
+        assert_eq!(pools.pick(0, &u, None, now + Duration::from_secs(60)), None);
+        // Up again: serves at once, and clears a passive ejection.
+        assert!(pools.record_failure(0, 1, &u, now) || pools.record_failure(0, 1, &u, now));
+        assert!(pools.apply_health(ups, "u", u.targets[1], true));
+        assert_eq!(pools.pick(0, &u, None, now), Some(1));
+        // Unknown names and addresses are ignored.
+        assert!(!pools.apply_health(ups, "other", u.targets[0], true));
+        assert!(!pools.apply_health(ups, "u", "127.0.0.1:1".parse().unwrap(), true));
+    }
+
+    #[test]
+    fn a_reload_without_health_checks_brings_checked_down_targets_back() {
+        let mut checked = upstream(Balance::RoundRobin, 1);
+        checked.health_check = Some(health::HealthCheck::default());
+        let mut pools = UpstreamPools::new(std::slice::from_ref(&checked));
+        pools.apply_health(
+            std::slice::from_ref(&checked),
+            "u",
+            checked.targets[0],
+            false,
+        );
+        let now = Instant::now();
+        let kept = UpstreamPools::carry_over(
+            pools,
+            std::slice::from_ref(&checked),
+            std::slice::from_ref(&checked),
+        );
+        let mut kept_pools = kept;
+        assert_eq!(kept_pools.pick(0, &checked, None, now), None);
+        let unchecked = upstream(Balance::RoundRobin, 1);
+        let mut freed = UpstreamPools::carry_over(
+            kept_pools,
+            std::slice::from_ref(&checked),
+            std::slice::from_ref(&unchecked),
+        );
+        assert_eq!(freed.pick(0, &unchecked, None, now), Some(0));
     }
 
     #[test]
