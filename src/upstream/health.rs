@@ -324,8 +324,8 @@ fn run(
         let Some(up) = item.verdict.record(result.is_ok(), &item.check) else {
             continue;
         };
-        let live = live.lock().unwrap_or_else(|p| p.into_inner());
-        if !*live {
+        let alive = live.lock().unwrap_or_else(|p| p.into_inner());
+        if !*alive {
             return;
         }
         match &result {
@@ -346,7 +346,7 @@ fn run(
                 tracing::warn!(upstream = %item.upstream, target = %item.target, "health check: a core did not take the verdict");
             }
         }
-        drop(live);
+        drop(alive);
     }
 }
 
