@@ -470,6 +470,12 @@ impl ControlPlane {
         let credentials = credentials_for(&config, state.store.as_mut())
             .map_err(|e| ReloadError::Refused(e.to_string()))?;
         let snapshot = Arc::new(Snapshot::compile(&config));
+        // The old health checks stop before the cores adopt the new snapshot: any verdict of
+        // theirs is then queued ahead of the snapshot, and `carry_over` decides what it keeps
+        // (a verdict landing after it could take out a target no check brings back).
+        if let Some(mut old) = state.health.take() {
+            old.stop();
+        }
         let cores = &state.cores;
         let mut confirmed = Vec::new();
         self.auth.reload(&config, credentials, |auth_state| {
