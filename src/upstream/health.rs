@@ -85,61 +85,50 @@ pub fn check_once(
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: credentialflow-health-check\r\nConnection: close\r\n\r\n"
     );
+    let socket = DeadlineSocket { tcp, deadline };
     match tls {
-        None => exchange(tcp, &request, deadline),
+        None => exchange(socket, &request),
         Some((config, name)) => {
             let session = rustls::ClientConnection::new(config.clone(), name.clone())
                 .map_err(CheckError::Tls)?;
-            exchange(
-                TimedStream(rustls::StreamOwned::new(session, tcp)),
-                &request,
-                deadline,
-            )
+            exchange(rustls::StreamOwned::new(session, socket), &request)
         }
     }
 }
 
-/// A stream whose every read and write is bounded by the socket's timeouts.
-trait Timed: Read + Write {
-    fn socket(&self) -> &TcpStream;
+/// A socket whose every read and write waits at most until `deadline`: the timeout is set
+/// from the time left before each call, so neither a TLS handshake (several reads inside one
+/// write) nor a target trickling bytes can run past it.
+struct DeadlineSocket {
+    tcp: TcpStream,
+    deadline: Instant,
 }
 
-impl Timed for TcpStream {
-    fn socket(&self) -> &TcpStream {
-        self
+impl DeadlineSocket {
+    fn left(&self) -> std::io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        Ok(left)
     }
 }
 
-struct TimedStream(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
-
-impl Read for TimedStream {
+impl Read for DeadlineSocket {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
+        self.tcp.set_read_timeout(Some(self.left()?))?;
+        self.tcp.read(buf)
     }
 }
 
-impl Write for TimedStream {
+impl Write for DeadlineSocket {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
+        self.tcp.set_write_timeout(Some(self.left()?))?;
+        self.tcp.write(buf)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
+        Ok(())
     }
-}
-
-impl Timed for TimedStream {
-    fn socket(&self) -> &TcpStream {
-        &self.0.sock
-    }
-}
-
-/// Time left before `deadline`, as a socket timeout; `Timeout` when none is.
-fn left(deadline: Instant) -> Result<Duration, CheckError> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(CheckError::Timeout);
-    }
-    Ok(left)
 }
 
 fn io_error(err: std::io::Error) -> CheckError {
@@ -149,11 +138,7 @@ fn io_error(err: std::io::Error) -> CheckError {
     }
 }
 
-fn exchange(mut stream: impl Timed, request: &str, deadline: Instant) -> Result<u16, CheckError> {
-    stream
-        .socket()
-        .set_write_timeout(Some(left(deadline)?))
-        .map_err(CheckError::Io)?;
+fn exchange(mut stream: impl Read + Write, request: &str) -> Result<u16, CheckError> {
     stream.write_all(request.as_bytes()).map_err(io_error)?;
     stream.flush().map_err(io_error)?;
     let mut head = Vec::with_capacity(128);
@@ -162,10 +147,6 @@ fn exchange(mut stream: impl Timed, request: &str, deadline: Instant) -> Result<
         if head.len() >= MAX_STATUS_LINE {
             return Err(CheckError::Malformed);
         }
-        stream
-            .socket()
-            .set_read_timeout(Some(left(deadline)?))
-            .map_err(CheckError::Io)?;
         match stream.read(&mut buf).map_err(io_error)? {
             0 => return Err(CheckError::Closed),
             n => head.extend_from_slice(&buf[..n]),
@@ -231,6 +212,8 @@ struct Checked {
     check: HealthCheck,
     due: Instant,
     verdict: Verdict,
+    /// The current verdict has not reached every core yet.
+    undelivered: bool,
 }
 
 /// The running checker thread (see the module's notes).
@@ -262,6 +245,7 @@ impl HealthChecker {
                         check: check.clone(),
                         due: now,
                         verdict: Verdict::default(),
+                        undelivered: false,
                     })
             })
             .collect();
@@ -321,31 +305,43 @@ fn run(
             &item.check.path,
             item.check.timeout,
         );
-        let Some(up) = item.verdict.record(result.is_ok(), &item.check) else {
+        let changed = item.verdict.record(result.is_ok(), &item.check).is_some();
+        if !changed && !item.undelivered {
+            continue;
+        }
+        let Some(up) = item.verdict.up else {
             continue;
         };
         let alive = live.lock().unwrap_or_else(|p| p.into_inner());
         if !*alive {
             return;
         }
-        match &result {
-            Ok(status) => {
-                tracing::info!(upstream = %item.upstream, target = %item.target, status, "health check: target up")
-            }
-            Err(error) => {
-                tracing::warn!(upstream = %item.upstream, target = %item.target, %error, "health check: target down")
+        if changed {
+            match &result {
+                Ok(status) => {
+                    tracing::info!(upstream = %item.upstream, target = %item.target, status, "health check: target up")
+                }
+                Err(error) => {
+                    tracing::warn!(upstream = %item.upstream, target = %item.target, %error, "health check: target down")
+                }
             }
         }
+        // A core whose queue stays full misses the verdict: it is sent again after every check
+        // until every core has taken it (a repeat is harmless).
+        let by = Instant::now() + PUSH_TIMEOUT;
+        let mut delivered = true;
         for core in &cores {
             let message = ControlMsg::Health {
                 upstream: item.upstream.clone(),
                 target: item.target,
                 up,
             };
-            if !core.send_by(message, Instant::now() + PUSH_TIMEOUT) {
-                tracing::warn!(upstream = %item.upstream, target = %item.target, "health check: a core did not take the verdict");
-            }
+            delivered &= core.send_by(message, by);
         }
+        if !delivered && !item.undelivered {
+            tracing::warn!(upstream = %item.upstream, target = %item.target, "health check: a core did not take the verdict; sending it again after the next check");
+        }
+        item.undelivered = !delivered;
         drop(alive);
     }
 }
@@ -531,6 +527,42 @@ mod tests {
         assert!(matches!(err, CheckError::Timeout), "{err}");
         assert!(started.elapsed() < Duration::from_secs(2));
         drop(listener);
+    }
+
+    #[test]
+    fn a_silent_tls_target_fails_within_the_timeout() {
+        // It accepts and never answers the ClientHello: the handshake must not wait forever.
+        let (client, _) = tls_pair();
+        let name = ServerName::try_from("health.test").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let started = Instant::now();
+        let err = check_once(addr, Some((&client, &name)), "/healthz", Duration::from_millis(300))
+            .unwrap_err();
+        assert!(matches!(err, CheckError::Timeout), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(listener);
+    }
+
+    #[test]
+    fn a_target_trickling_bytes_fails_at_the_deadline() {
+        // One byte every 50 ms and never a line end: each read succeeds, the whole must not.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            for _ in 0..60 {
+                if s.write_all(b"H").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let started = Instant::now();
+        let err = check_once(addr, None, "/healthz", Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(err, CheckError::Timeout), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        server.join().unwrap();
     }
 
     #[test]

@@ -308,20 +308,27 @@ impl UpstreamPools {
         let Some(index) = upstreams.iter().position(|u| u.name == name) else {
             return false;
         };
-        let Some(at) = upstreams[index].targets.iter().position(|&t| t == target) else {
-            return false;
-        };
-        let state = &mut self.upstreams[index].targets[at];
-        state.checked_down = !up;
-        if up {
-            state.consecutive_fails = 0;
-            state.ejected_until = None;
-            state.next_probe = None;
-            state.wake_all();
-        } else {
-            state.idle.clear();
+        let mut known = false;
+        // The same address may be listed twice: every entry of it gets the verdict.
+        for (at, _) in upstreams[index]
+            .targets
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t == target)
+        {
+            known = true;
+            let state = &mut self.upstreams[index].targets[at];
+            state.checked_down = !up;
+            if up {
+                state.consecutive_fails = 0;
+                state.ejected_until = None;
+                state.next_probe = None;
+                state.wake_all();
+            } else {
+                state.idle.clear();
+            }
         }
-        true
+        known
     }
 
     pub fn record_success(&mut self, index: usize, target: usize) {
@@ -395,6 +402,16 @@ mod tests {
         // Unknown names and addresses are ignored.
         assert!(!pools.apply_health(ups, "other", u.targets[0], true));
         assert!(!pools.apply_health(ups, "u", "127.0.0.1:1".parse().unwrap(), true));
+    }
+
+    #[test]
+    fn a_verdict_reaches_every_entry_of_an_address_listed_twice() {
+        let mut u = upstream(Balance::RoundRobin, 2);
+        u.targets[1] = u.targets[0];
+        let ups = std::slice::from_ref(&u);
+        let mut pools = UpstreamPools::new(ups);
+        assert!(pools.apply_health(ups, "u", u.targets[0], false));
+        assert_eq!(pools.pick(0, &u, None, Instant::now()), None);
     }
 
     #[test]
