@@ -537,8 +537,13 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let started = Instant::now();
-        let err = check_once(addr, Some((&client, &name)), "/healthz", Duration::from_millis(300))
-            .unwrap_err();
+        let err = check_once(
+            addr,
+            Some((&client, &name)),
+            "/healthz",
+            Duration::from_millis(300),
+        )
+        .unwrap_err();
         assert!(matches!(err, CheckError::Timeout), "{err}");
         assert!(started.elapsed() < Duration::from_secs(2));
         drop(listener);
