@@ -139,6 +139,13 @@ response_timeout = "30s"
 max_fails = 3
 fail_timeout = "10s"
 
+[upstreams.health_check]
+path = "/healthz"
+interval = "2s"
+timeout = "500ms"
+unhealthy_threshold = 2
+healthy_threshold = 2
+
 [[upstreams]]
 name = "other"
 targets = ["127.0.0.1:11"]
@@ -275,6 +282,24 @@ fn check_reports_invalid_target() {
     let line = line_of(&lines, "targets");
     let (f, out) = check(&lines);
     assert_check_error(&f, &out, line, &["targets"]);
+}
+
+#[test]
+fn check_reports_health_check_timeout_above_its_interval() {
+    let mut lines = base_lines(free_port());
+    let at = line_of(&lines, "targets");
+    lines.insert(
+        at,
+        "health_check = { interval = \"1s\", timeout = \"2s\" }".to_string(),
+    );
+    let line = line_of(&lines, "health_check");
+    let (f, out) = check(&lines);
+    assert_check_error(
+        &f,
+        &out,
+        line,
+        &["upstreams.health_check.timeout must be above zero and at most the interval"],
+    );
 }
 
 #[test]

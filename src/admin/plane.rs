@@ -63,10 +63,13 @@ pub struct PlaneState {
 }
 
 impl PlaneState {
+    /// Stops the active health checks (once this returns, they push nothing more).
+    fn stop_health_checks(&mut self) {
+        self.health = None;
+    }
+
     fn restart_health_checks(&mut self, upstreams: &[Upstream]) {
-        if let Some(mut old) = self.health.take() {
-            old.stop();
-        }
+        self.stop_health_checks();
         let cores = self
             .cores
             .iter()
@@ -323,7 +326,7 @@ impl ControlPlane {
     pub fn stop(&self) {
         let mut state = self.lock();
         state.stopping = true;
-        state.health = None;
+        state.stop_health_checks();
     }
 
     /// (Re)starts the active health checks for `upstreams`, stopping the previous ones.
@@ -473,9 +476,7 @@ impl ControlPlane {
         // The old health checks stop before the cores adopt the new snapshot: any verdict of
         // theirs is then queued ahead of the snapshot, and `carry_over` decides what it keeps
         // (a verdict landing after it could take out a target no check brings back).
-        if let Some(mut old) = state.health.take() {
-            old.stop();
-        }
+        state.stop_health_checks();
         let cores = &state.cores;
         let mut confirmed = Vec::new();
         self.auth.reload(&config, credentials, |auth_state| {

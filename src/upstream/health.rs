@@ -8,7 +8,7 @@
 //! Checks are blocking socket calls bounded by `timeout` and run one at a time on this thread;
 //! nothing of them runs on a core. A reload stops the thread and starts a new one for the new
 //! snapshot; the new one pushes its first verdict per target as soon as a threshold is reached,
-//! and the stopped one can no longer push anything once [`HealthChecker::stop`] has returned.
+//! and the stopped one can no longer push anything once its [`HealthChecker`] has been dropped.
 
 use crate::runtime::channel::ControlSender;
 use crate::runtime::ControlMsg;
@@ -218,7 +218,7 @@ struct Checked {
 
 /// The running checker thread (see the module's notes).
 pub struct HealthChecker {
-    /// Dropped by [`HealthChecker::stop`]: wakes the thread, which then exits.
+    /// Dropped when the checker is: wakes the thread, which then exits.
     wake: Option<Sender<()>>,
     /// False once stopped; the thread pushes only while holding it true.
     live: Arc<Mutex<bool>>,
@@ -267,18 +267,14 @@ impl HealthChecker {
             live,
         })
     }
-
-    /// Stops the thread: from now on it pushes nothing. A check in progress ends within its
-    /// timeout; nothing waits for it.
-    pub fn stop(&mut self) {
-        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = false;
-        self.wake = None;
-    }
 }
 
+/// Dropping the checker stops its thread: from then on it pushes nothing (a push in progress
+/// finishes first). A check in progress ends within its timeout; nothing waits for it.
 impl Drop for HealthChecker {
     fn drop(&mut self) {
-        self.stop();
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.wake = None;
     }
 }
 

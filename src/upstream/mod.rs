@@ -74,6 +74,13 @@ impl TargetState {
         }
     }
 
+    /// Forgets past failures: no count, no ejection, no probe pending.
+    fn clear_failures(&mut self) {
+        self.consecutive_fails = 0;
+        self.ejected_until = None;
+        self.next_probe = None;
+    }
+
     fn healthy(&self, now: Instant) -> bool {
         !self.checked_down && self.ejected_until.is_none_or(|until| now >= until)
     }
@@ -310,19 +317,15 @@ impl UpstreamPools {
         };
         let mut known = false;
         // The same address may be listed twice: every entry of it gets the verdict.
-        for (at, _) in upstreams[index]
-            .targets
-            .iter()
-            .enumerate()
+        let states = self.upstreams[index].targets.iter_mut();
+        for (state, _) in states
+            .zip(&upstreams[index].targets)
             .filter(|(_, &t)| t == target)
         {
             known = true;
-            let state = &mut self.upstreams[index].targets[at];
             state.checked_down = !up;
             if up {
-                state.consecutive_fails = 0;
-                state.ejected_until = None;
-                state.next_probe = None;
+                state.clear_failures();
                 state.wake_all();
             } else {
                 state.idle.clear();
@@ -332,10 +335,7 @@ impl UpstreamPools {
     }
 
     pub fn record_success(&mut self, index: usize, target: usize) {
-        let t = &mut self.upstreams[index].targets[target];
-        t.consecutive_fails = 0;
-        t.ejected_until = None;
-        t.next_probe = None;
+        self.upstreams[index].targets[target].clear_failures();
     }
 
     /// Counts a failure; at `max_fails` in a row the target is ejected for `fail_timeout` and
