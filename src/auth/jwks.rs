@@ -3,11 +3,12 @@
 //! HTTPS on the control side (never on a core), with the `Cache-Control: max-age` the IdP sent.
 
 use super::keys::{AlgorithmSet, JwkFields, KeyError, VerifyKey};
+use crate::runtime::deadline_socket::DeadlineSocket;
 use serde::Deserialize;
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// An issuer's current keys.
 #[derive(Debug, Default)]
@@ -181,14 +182,14 @@ pub struct Fetched {
 /// Largest JWKS body accepted.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
-/// Connects to the first address of `url`'s host that answers.
-fn connect(url: &JwksUrl, timeout: Duration) -> Result<TcpStream, String> {
+/// Connects to the first address of `url`'s host that answers, before `deadline`.
+fn connect(url: &JwksUrl, deadline: Instant) -> Result<DeadlineSocket, String> {
     let addrs = (url.host.as_str(), url.port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {}: {e}", url.host))?;
     let mut last = format!("{} resolved to no address", url.host);
     for addr in addrs {
-        match TcpStream::connect_timeout(&addr, timeout) {
+        match DeadlineSocket::connect(&addr, deadline) {
             Ok(stream) => return Ok(stream),
             Err(e) => last = format!("connect {addr}: {e}"),
         }
@@ -196,17 +197,15 @@ fn connect(url: &JwksUrl, timeout: Duration) -> Result<TcpStream, String> {
     Err(last)
 }
 
-/// Fetches a JWKS URL (blocking; control side only). `tls` is required for `https://`.
+/// Fetches a JWKS URL (blocking; control side only). `tls` is required for `https://`. The
+/// whole fetch — connect, handshake, request and body — ends within `timeout` (name resolution
+/// aside), however slowly the server sends.
 pub fn fetch(
     url: &JwksUrl,
     timeout: Duration,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<Fetched, String> {
-    let stream = connect(url, timeout)?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|_| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| e.to_string())?;
+    let stream = connect(url, Instant::now() + timeout)?;
     let default_port = if url.tls { 443 } else { 80 };
     let host = if url.port == default_port {
         url.host.clone()
@@ -377,5 +376,62 @@ mod tests {
         .unwrap();
         assert_eq!(r.body, b"{}");
         assert!(parse_response(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n").is_err());
+    }
+
+    /// Serves one connection: reads the request, then writes `head` and trickles `body` a byte
+    /// every `gap`.
+    fn serve_slowly(
+        head: &'static [u8],
+        body: &'static [u8],
+        gap: Duration,
+    ) -> (JwksUrl, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url =
+            JwksUrl::parse(&format!("http://{}/jwks", listener.local_addr().unwrap())).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request);
+            if s.write_all(head).is_err() {
+                return;
+            }
+            for byte in body {
+                if s.write_all(std::slice::from_ref(byte)).is_err() {
+                    return;
+                }
+                std::thread::sleep(gap);
+            }
+        });
+        (url, server)
+    }
+
+    #[test]
+    fn a_fetch_reads_the_body() {
+        let (url, server) = serve_slowly(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n",
+            b"{}",
+            Duration::ZERO,
+        );
+        let fetched = fetch(&url, Duration::from_secs(5), None).unwrap();
+        assert_eq!(fetched.body, b"{}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_server_trickling_its_body_fails_at_the_timeout() {
+        // A byte every 50 ms: every read succeeds, the fetch as a whole must not outlast 300 ms.
+        let (url, server) = serve_slowly(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n",
+            b"{\"keys\": []                            }",
+            Duration::from_millis(50),
+        );
+        let started = Instant::now();
+        let err = fetch(&url, Duration::from_millis(300), None)
+            .err()
+            .expect("a trickled body cannot be fetched in time");
+        let took = started.elapsed();
+        assert!(err.starts_with("read:"), "{err}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        server.join().unwrap();
     }
 }

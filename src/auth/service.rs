@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 /// How long a publication waits for every core's ack.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Timeout of one JWKS fetch (connect, and each read).
+/// Time one JWKS fetch may take, from connect to the last byte of the body.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where one issuer's keys come from.

@@ -5,6 +5,7 @@
 
 pub mod channel;
 pub mod deadline;
+pub mod deadline_socket;
 pub mod drain;
 
 use crate::auth::{AuthLinks, AuthState};

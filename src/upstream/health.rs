@@ -11,12 +11,13 @@
 //! and the stopped one can no longer push anything once its [`HealthChecker`] has been dropped.
 
 use crate::runtime::channel::ControlSender;
+use crate::runtime::deadline_socket::DeadlineSocket;
 use crate::runtime::ControlMsg;
 use crate::snapshot::Upstream;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustls::pki_types::ServerName;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -75,9 +76,8 @@ pub fn check_once(
     path: &str,
     timeout: Duration,
 ) -> Result<u16, CheckError> {
-    let deadline = Instant::now() + timeout;
-    let tcp = TcpStream::connect_timeout(&target, timeout).map_err(CheckError::Connect)?;
-    let _ = tcp.set_nodelay(true);
+    let socket =
+        DeadlineSocket::connect(&target, Instant::now() + timeout).map_err(CheckError::Connect)?;
     let host = match tls {
         Some((_, ServerName::DnsName(name))) => name.as_ref().to_string(),
         _ => target.to_string(),
@@ -85,7 +85,6 @@ pub fn check_once(
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: credentialflow-health-check\r\nConnection: close\r\n\r\n"
     );
-    let socket = DeadlineSocket { tcp, deadline };
     match tls {
         None => exchange(socket, &request),
         Some((config, name)) => {
@@ -93,41 +92,6 @@ pub fn check_once(
                 .map_err(CheckError::Tls)?;
             exchange(rustls::StreamOwned::new(session, socket), &request)
         }
-    }
-}
-
-/// A socket whose every read and write waits at most until `deadline`: the timeout is set
-/// from the time left before each call, so neither a TLS handshake (several reads inside one
-/// write) nor a target trickling bytes can run past it.
-struct DeadlineSocket {
-    tcp: TcpStream,
-    deadline: Instant,
-}
-
-impl DeadlineSocket {
-    fn left(&self) -> std::io::Result<Duration> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        Ok(left)
-    }
-}
-
-impl Read for DeadlineSocket {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.tcp.set_read_timeout(Some(self.left()?))?;
-        self.tcp.read(buf)
-    }
-}
-
-impl Write for DeadlineSocket {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.tcp.set_write_timeout(Some(self.left()?))?;
-        self.tcp.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
