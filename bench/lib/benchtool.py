@@ -211,6 +211,9 @@ def parse_cflow(text):
         "non_2xx": non_2xx,
         "errors": {k: v for k, v in (obj.get("errors") or {}).items() if v},
         "latency_us": obj.get("latency_us", {}),
+        # Open loop over plain TCP: latency to the kernel's receive timestamp of each response
+        # (the generator's own delays in reading it left out); null otherwise.
+        "rx_latency_us": obj.get("rx_latency_us"),
         # How evenly the connections were served: responses per connection (min, p1, p50, p99,
         # max) and p99/p50.
         "per_connection": obj.get("per_connection"),
@@ -572,6 +575,10 @@ def open_p99_of(r):
     return ((r.get("open") or {}).get("latency_us") or {}).get("p99")
 
 
+def open_rx_p99_of(r):
+    return ((r.get("open") or {}).get("rx_latency_us") or {}).get("p99")
+
+
 def resumption_problems(where, tls, expect):
     """A run whose handshakes did not resume as the scenario expects ("yes": at least 90 %
     resumed; "no": none)."""
@@ -682,7 +689,10 @@ def report_markdown(data):
                  "open-loop figures are at the fixed rate. conn p99/p50 is how evenly the "
                  "connections were served in the closed loop: the 99th over the 50th percentile of "
                  "the responses each connection completed (1.00 = all alike; cflow-load only). "
-                 "×nginx open p99 is the median of per-round open-loop p99 ratios.")
+                 "×nginx open p99 is the median of per-round open-loop p99 ratios. open p99 rx "
+                 "is the same p99 measured to the kernel's receive timestamp of each response "
+                 "(SO_TIMESTAMPNS) instead of to the moment the generator read it, so a stall "
+                 "of the generator's CPU after a response arrived is not in it (plain HTTP only).")
     lines.append("")
     problems = []
     for scenario in meta["scenarios"]:
@@ -700,15 +710,15 @@ def report_markdown(data):
         unit = scenario.get("unit", "req")
         per_s = "handshakes/s" if unit == "handshake" else "req/s"
         lines.append(f"| peer | {per_s} | ×nginx {per_s} | CPU µs/{unit} | ×nginx CPU | p50 | p99 "
-                     f"| conn p99/p50 | open p99 @{rate}/s | ×nginx open p99 | open CPU µs/{unit} "
-                     f"| RSS MiB |")
+                     f"| conn p99/p50 | open p99 @{rate}/s | ×nginx open p99 | open p99 rx "
+                     f"| ×nginx open p99 rx | open CPU µs/{unit} | RSS MiB |")
         lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-                     "| ---: |")
+                     "| ---: | ---: | ---: |")
         peers = [p for p in meta["peers"] if any(r["peer"] == p for r in runs)]
         for peer in peers:
             pr = [r for r in runs if r["peer"] == peer]
             if all(r.get("skipped") for r in pr):
-                lines.append(f"| {peer} | skipped: {pr[0]['skipped']} | | | | | | | | | | |")
+                lines.append(f"| {peer} | skipped: {pr[0]['skipped']} | | | | | | | | | | | | |")
                 continue
             pr = [r for r in pr if not r.get("skipped")]
             rps = [closed_rps(r) for r in pr]
@@ -719,12 +729,14 @@ def report_markdown(data):
                                    for r in pr])
             opens = [r.get("open") for r in pr if r.get("open")]
             open_p99 = median_or_none([open_p99_of(r) for r in pr if r.get("open")])
+            rx_p99 = median_or_none([open_rx_p99_of(r) for r in pr if r.get("open")])
             open_cpu = [o.get("proxy_cpu_us_per_req") for o in opens]
             open_short = [o for o in opens if o.get("rps") and o["rps"] < 0.95 * rate]
             rss = median_or_none([r.get("rss_kib") for r in pr])
             if peer == "nginx":
                 rr = cr = "1.00"
                 orr = "1.00" if opens else "n/a"
+                rxr = "1.00" if rx_p99 is not None else "n/a"
             else:
                 rps_ratio = median_or_none(paired_ratios(runs, peer, closed_rps))
                 cpu_ratio = median_or_none(paired_ratios(runs, peer, closed_cpu))
@@ -732,6 +744,8 @@ def report_markdown(data):
                 rr = f"{rps_ratio:.2f}" if rps_ratio is not None else "—"
                 cr = f"{cpu_ratio:.2f}" if cpu_ratio is not None else "—"
                 orr = f"{open_ratio:.2f}" if open_ratio is not None else ("—" if opens else "n/a")
+                rx_ratio = median_or_none(paired_ratios(runs, peer, open_rx_p99_of))
+                rxr = f"{rx_ratio:.2f}" if rx_ratio is not None else "n/a"
             open_cell = fmt_latency(open_p99) if opens else "n/a"
             if open_short:
                 open_cell += " †"
@@ -742,6 +756,7 @@ def report_markdown(data):
                 f"| {peer} | {fmt_range(rps)} | {rr} | {fmt_range(cpu, 2)} | {cr} "
                 f"| {fmt_latency(p50)} | {fmt_latency(p99)} "
                 f"| {f'{fair:.2f}' if fair is not None else 'n/a'} | {open_cell} | {orr} "
+                f"| {fmt_latency(rx_p99) if rx_p99 is not None else 'n/a'} | {rxr} "
                 f"| {fmt_range(open_cpu, 2) if opens else 'n/a'} "
                 f"| {f'{rss / 1024:.1f}' if rss is not None else 'n/a'} |")
             threads = meta["layout"]["loadgen_threads"]

@@ -26,6 +26,11 @@ pub struct Report {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub latency_us: LatencySummary,
+    /// Open loop over plain TCP: the same latencies measured to the kernel's receive timestamp
+    /// of each response's last bytes (`SO_TIMESTAMPNS`) instead of to the generator reading
+    /// them, so a stall of the generator after a response arrived is not in them. Null in
+    /// closed loop and over TLS.
+    pub rx_latency_us: Option<LatencySummary>,
     /// How many responses each connection completed: how evenly they were served.
     pub per_connection: ConnectionShare,
     /// Open loop: the requested rate; null in closed loop.
@@ -89,6 +94,13 @@ impl Report {
             "  latency µs   min {}  mean {:.1}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             l.min, l.mean, l.p50, l.p90, l.p99, l.p999, l.max
         );
+        if let Some(l) = &self.rx_latency_us {
+            let _ = writeln!(
+                out,
+                "  kernel rx µs min {}  mean {:.1}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+                l.min, l.mean, l.p50, l.p90, l.p99, l.p999, l.max
+            );
+        }
         let c = &self.per_connection;
         let _ = writeln!(
             out,
@@ -202,6 +214,7 @@ mod tests {
                 p999: 5,
                 max: 6,
             },
+            rx_latency_us: None,
             per_connection: ConnectionShare::of(&[4, 6]),
             target_rate: None,
             late_sends: None,
@@ -249,6 +262,7 @@ mod tests {
             "bytes_read",
             "bytes_written",
             "latency_us",
+            "rx_latency_us",
             "per_connection",
             "target_rate",
             "late_sends",

@@ -210,6 +210,8 @@ pub fn execute(settings: &Settings) -> Result<Outcome, Error> {
         bytes_read: stats.bytes_read,
         bytes_written: stats.bytes_written,
         latency_us: LatencySummary::of(&stats.histogram),
+        rx_latency_us: (!stats.rx_histogram.is_empty())
+            .then(|| LatencySummary::of(&stats.rx_histogram)),
         per_connection: ConnectionShare::of(&stats.per_connection),
         target_rate: settings.rate,
         late_sends: settings.rate.map(|_| stats.late_sends),

@@ -47,6 +47,9 @@ pub enum ErrorKind {
 #[derive(Debug, Clone)]
 pub struct Stats {
     pub histogram: Histogram<u64>,
+    /// Open loop over plain TCP: latency to the kernel's receive timestamp of each response's
+    /// last bytes instead of to the generator reading them (empty otherwise).
+    pub rx_histogram: Histogram<u64>,
     /// Responses by status code (index = code, 0..=999).
     pub status: Box<[u64; 1000]>,
     pub errors: ErrorCounts,
@@ -77,6 +80,8 @@ impl Stats {
         Stats {
             histogram: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
                 .expect("valid histogram bounds"),
+            rx_histogram: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("valid histogram bounds"),
             status: Box::new([0; 1000]),
             errors: ErrorCounts::default(),
             requests: 0,
@@ -97,6 +102,12 @@ impl Stats {
         self.requests += 1;
         self.bytes_read += bytes_read;
         self.bytes_written += bytes_written;
+    }
+
+    /// Records one completed response's latency to its kernel receive timestamp.
+    #[inline]
+    pub fn record_rx(&mut self, latency_us: u64) {
+        self.rx_histogram.saturating_record(latency_us);
     }
 
     /// Counts one completed TLS handshake.
@@ -121,6 +132,9 @@ impl Stats {
     pub fn merge(&mut self, other: &Stats) {
         self.histogram
             .add(&other.histogram)
+            .expect("histograms with the same bounds");
+        self.rx_histogram
+            .add(&other.rx_histogram)
             .expect("histograms with the same bounds");
         for (mine, theirs) in self.status.iter_mut().zip(other.status.iter()) {
             *mine += theirs;

@@ -164,7 +164,16 @@ impl Ctx {
         }
     }
 
-    fn record(&self, clock_start: Instant, done: Instant, response: Response, conn: &mut Conn) {
+    /// Records a response read at `done`; `rx` is when the kernel received its last bytes,
+    /// when the stream keeps receive timestamps.
+    fn record(
+        &self,
+        clock_start: Instant,
+        done: Instant,
+        rx: Option<Instant>,
+        response: Response,
+        conn: &mut Conn,
+    ) {
         let read = std::mem::take(&mut conn.pending_read);
         let written = std::mem::take(&mut conn.pending_written);
         if !self.schedule.in_window(done) {
@@ -174,6 +183,14 @@ impl Ctx {
         conn.completed += 1;
         let mut stats = self.stats.borrow_mut();
         stats.record(micros, response.status, read, written);
+        if let Some(rx) = rx {
+            // Never later than the read that saw it; a stamp is missing only when the kernel
+            // attached none, and then the read's own time stands in.
+            let rx = rx.min(done);
+            stats.record_rx(rx.saturating_duration_since(clock_start).as_micros() as u64);
+        } else if matches!(conn.transport, Some(Transport::Stamped { .. })) {
+            stats.record_rx(micros);
+        }
         self.progress.store(stats.requests, Ordering::Relaxed);
     }
 }
@@ -240,7 +257,8 @@ impl Conn {
     async fn connect(&mut self, ctx: &Ctx) -> bool {
         let end = ctx.schedule.end;
         let deadline = (Instant::now() + ctx.plan.timeout).min(end);
-        let attempt = Transport::connect(&ctx.plan.endpoint);
+        // Open loop reads plain streams with the kernel's receive timestamps.
+        let attempt = Transport::connect(&ctx.plan.endpoint, ctx.plan.rate.is_some());
         match monoio::time::timeout_at(deadline.into(), attempt).await {
             Ok(Ok(transport)) => {
                 if let Some(resumed) = transport.tls_resumed() {
@@ -282,7 +300,8 @@ impl Conn {
         for _ in 0..count {
             let response = self.read_response().await?;
             self.answered = true;
-            ctx.record(clock_start, Instant::now(), response, self);
+            let rx = self.transport.as_ref().and_then(Transport::last_rx);
+            ctx.record(clock_start, Instant::now(), rx, response, self);
             if response.close {
                 self.close();
                 break;

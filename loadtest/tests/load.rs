@@ -25,6 +25,7 @@ fn closed_loop_count_matches_the_server() {
         "counted {requests}, server saw {seen}"
     );
     assert_eq!(server.connections(), 4 + 1, "4 connections plus the check");
+    assert!(result["rx_latency_us"].is_null(), "closed loop: {result}");
 }
 
 #[test]
@@ -207,6 +208,14 @@ fn open_loop_counts_stalls_from_the_intended_time() {
         u(&latency["p50"]) >= 30_000 && u(&latency["p50"]) < 45_000,
         "{latency}"
     );
+    // The same latencies to the kernel's receive timestamps: the service time too, never
+    // after the generator read the response.
+    let rx = &result["rx_latency_us"];
+    assert!(
+        u(&rx["p50"]) >= 30_000 && u(&rx["p50"]) <= u(&latency["p50"]),
+        "{rx} vs {latency}"
+    );
+    assert!(u(&rx["max"]) <= u(&latency["max"]), "{rx} vs {latency}");
 
     // At 100 requests/s it cannot (one request every 10 ms, each taking 30): the queue
     // grows and latency, counted from each request's intended send time, grows with it
@@ -219,6 +228,7 @@ fn open_loop_counts_stalls_from_the_intended_time() {
     assert!((20..=34).contains(&requests), "{result}");
     assert!(u(&latency["p50"]) > 200_000, "{latency}");
     assert!(u(&latency["max"]) > 400_000, "{latency}");
+    assert!(u(&result["rx_latency_us"]["p50"]) > 200_000, "{result}");
 }
 
 #[test]
