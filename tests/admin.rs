@@ -216,6 +216,10 @@ struct Setup {
     admin: String,
     /// Top-level tables (`[[issuers]]`, `[[consumers]]`).
     extra: String,
+    /// Targets of upstream "app" after the test upstream.
+    extra_targets: Vec<u16>,
+    /// Lines of the `[[upstreams]]` table "app".
+    upstream: Vec<String>,
 }
 
 impl Setup {
@@ -246,7 +250,16 @@ fn config_text(
     data: &DataDir,
     pepper: &TempFile,
 ) -> String {
-    let text = ConfigBuilder::new(listen, &[upstream])
+    let targets: Vec<u16> = std::iter::once(upstream)
+        .chain(setup.extra_targets.iter().copied())
+        .collect();
+    let builder = setup
+        .upstream
+        .iter()
+        .fold(ConfigBuilder::new(listen, &targets), |b, line| {
+            b.upstream_opt(line)
+        });
+    let text = builder
         .workers(2)
         .build()
         .replacen(
@@ -1830,4 +1843,37 @@ fn the_admin_api_speaks_tls_when_configured_and_public_addresses_need_it() {
         "{}",
         out.combined()
     );
+}
+
+#[test]
+fn metrics_show_each_checked_targets_health_check_verdict() {
+    // Nothing listens on `dead`: its checks fail (connection refused); the test upstream
+    // answers /healthz with 200.
+    let dead = free_port();
+    let f = Fixture::start(Setup {
+        extra_targets: vec![dead],
+        upstream: vec!["health_check = { path = \"/healthz\", interval = \"100ms\", timeout = \"100ms\", unhealthy_threshold = 1, healthy_threshold = 1 }".into()],
+        ..Setup::default()
+    });
+    let name = "credentialflow_upstream_health_check_up";
+    let alive = format!("target=\"127.0.0.1:{}\"", f.up.port);
+    let down = format!("target=\"127.0.0.1:{dead}\"");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let (status, text, _) = scrape(f.admin, Some(&tokens().auditor));
+        assert_eq!(status, 200, "{text}");
+        if text.contains(&alive) && text.contains(&down) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no verdict for both targets within 5 s:\n{text}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(text.contains(&format!("# TYPE {name} gauge")), "{text}");
+    let with = |target: &str| sample_sum(&text, name, &["upstream=\"app\"", target]);
+    assert_eq!(with(&alive), 1.0, "{text}");
+    assert_eq!(with(&down), 0.0, "{text}");
+    assert_prometheus_text(&text);
 }

@@ -279,7 +279,7 @@ impl ControlPlane {
     pub fn scrape(&self, format: crate::observe::exposition::Format) -> String {
         let (reply, replies) = crossbeam_channel::unbounded();
         let deadline = std::time::Instant::now() + SCRAPE_TIMEOUT;
-        let (sent, listeners) = {
+        let (sent, listeners, health) = {
             let state = self.lock();
             let sent = state
                 .cores
@@ -292,7 +292,12 @@ impl ControlPlane {
                 .iter()
                 .map(|l| l.name.get_ref().clone())
                 .collect();
-            (sent, listeners)
+            let health = state
+                .health
+                .as_ref()
+                .map(HealthChecker::verdicts)
+                .unwrap_or_default();
+            (sent, listeners, health)
         };
         drop(reply);
         let mut reports = Vec::with_capacity(sent);
@@ -317,6 +322,7 @@ impl ControlPlane {
                 .collect(),
             core_versions: self.auth.propagation_status().confirmed,
             jwks: self.auth.jwks_stats(),
+            health,
             process_log_dropped: crate::observe::dropped_lines(),
         };
         crate::observe::exposition::render(&reports, &facts, format)

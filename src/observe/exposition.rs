@@ -31,6 +31,8 @@ pub struct ControlFacts {
     /// Per core: the credential-state version it last confirmed.
     pub core_versions: Vec<u64>,
     pub jwks: Vec<JwksStat>,
+    /// Active health checks: each checked target's verdict.
+    pub health: Vec<crate::upstream::health::TargetHealth>,
     /// Process log lines dropped because stderr did not keep up.
     pub process_log_dropped: u64,
 }
@@ -387,6 +389,20 @@ fn render_prometheus(reports: &[MetricsReport], facts: &ControlFacts) -> String 
             );
         }
     }
+    let name = "credentialflow_upstream_health_check_up";
+    header(
+        &mut out,
+        name,
+        "gauge",
+        "Active health check verdict per target: 1 up, 0 down (absent until the first verdict).",
+    );
+    for target in &facts.health {
+        if let Some(up) = target.up {
+            let address = target.target.to_string();
+            let pairs = [("upstream", target.upstream.as_str()), ("target", &address)];
+            let _ = writeln!(out, "{name}{} {}", labels(&pairs), u8::from(up));
+        }
+    }
     let name = "credentialflow_snapshot_version";
     header(
         &mut out,
@@ -490,6 +506,44 @@ mod tests {
         assert_eq!(
             labels(&[("rule", "a\"b\\c\nd")]),
             "{rule=\"a\\\"b\\\\c\\nd\"}"
+        );
+    }
+
+    #[test]
+    fn health_check_verdicts_are_gauges_once_reached() {
+        use crate::upstream::health::TargetHealth;
+        let facts = ControlFacts {
+            health: vec![
+                TargetHealth {
+                    upstream: "api".into(),
+                    target: "127.0.0.1:9001".parse().unwrap(),
+                    up: Some(true),
+                },
+                TargetHealth {
+                    upstream: "api".into(),
+                    target: "127.0.0.1:9002".parse().unwrap(),
+                    up: Some(false),
+                },
+                TargetHealth {
+                    upstream: "api".into(),
+                    target: "127.0.0.1:9003".parse().unwrap(),
+                    up: None,
+                },
+            ],
+            ..ControlFacts::default()
+        };
+        let text = render(&[report(&[400])], &facts, Format::Prometheus);
+        let name = "credentialflow_upstream_health_check_up";
+        assert!(text.contains(&format!("# TYPE {name} gauge\n")));
+        assert!(text.contains(&format!(
+            "\n{name}{{upstream=\"api\",target=\"127.0.0.1:9001\"}} 1\n"
+        )));
+        assert!(text.contains(&format!(
+            "\n{name}{{upstream=\"api\",target=\"127.0.0.1:9002\"}} 0\n"
+        )));
+        assert!(
+            !text.contains("127.0.0.1:9003"),
+            "no verdict yet: no series"
         );
     }
 }

@@ -180,12 +180,24 @@ struct Checked {
     undelivered: bool,
 }
 
+/// One checked target's current verdict, as the metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetHealth {
+    pub upstream: String,
+    pub target: SocketAddr,
+    /// `None` until a threshold is first reached.
+    pub up: Option<bool>,
+}
+
 /// The running checker thread (see the module's notes).
 pub struct HealthChecker {
     /// Dropped when the checker is: wakes the thread, which then exits.
     wake: Option<Sender<()>>,
     /// False once stopped; the thread pushes only while holding it true.
     live: Arc<Mutex<bool>>,
+    /// Every checked target's verdict, in check order; written by the thread on each change,
+    /// read by metrics scrapes (control side only).
+    verdicts: Arc<Mutex<Vec<TargetHealth>>>,
 }
 
 impl HealthChecker {
@@ -216,12 +228,22 @@ impl HealthChecker {
         if checked.is_empty() {
             return None;
         }
+        let verdicts: Vec<TargetHealth> = checked
+            .iter()
+            .map(|c| TargetHealth {
+                upstream: c.upstream.clone(),
+                target: c.target,
+                up: None,
+            })
+            .collect();
+        let verdicts = Arc::new(Mutex::new(verdicts));
         let (wake, sleep) = crossbeam_channel::bounded(0);
         let live = Arc::new(Mutex::new(true));
         let thread_live = live.clone();
+        let thread_verdicts = verdicts.clone();
         let spawned = std::thread::Builder::new()
             .name("cflow-health".into())
-            .spawn(move || run(checked, cores, sleep, thread_live));
+            .spawn(move || run(checked, cores, sleep, thread_live, thread_verdicts));
         if let Err(err) = spawned {
             tracing::error!(error = %err, "cannot start the health check thread: no active health checks");
             return None;
@@ -229,7 +251,16 @@ impl HealthChecker {
         Some(HealthChecker {
             wake: Some(wake),
             live,
+            verdicts,
         })
+    }
+
+    /// Every checked target's current verdict.
+    pub fn verdicts(&self) -> Vec<TargetHealth> {
+        self.verdicts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -247,6 +278,7 @@ fn run(
     cores: Vec<ControlSender>,
     sleep: Receiver<()>,
     live: Arc<Mutex<bool>>,
+    verdicts: Arc<Mutex<Vec<TargetHealth>>>,
 ) {
     loop {
         let Some(next) = (0..checked.len()).min_by_key(|&i| checked[i].due) else {
@@ -277,6 +309,13 @@ fn run(
             return;
         }
         if changed {
+            if let Some(shown) = verdicts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(next)
+            {
+                shown.up = Some(up);
+            }
             match &result {
                 Ok(status) => {
                     tracing::info!(upstream = %item.upstream, target = %item.target, status, "health check: target up")
