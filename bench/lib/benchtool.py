@@ -745,7 +745,7 @@ def report_markdown(data):
                 cr = f"{cpu_ratio:.2f}" if cpu_ratio is not None else "—"
                 orr = f"{open_ratio:.2f}" if open_ratio is not None else ("—" if opens else "n/a")
                 rx_ratio = median_or_none(paired_ratios(runs, peer, open_rx_p99_of))
-                rxr = f"{rx_ratio:.2f}" if rx_ratio is not None else "n/a"
+                rxr = f"{rx_ratio:.2f}" if rx_ratio is not None else ("—" if rx_p99 is not None else "n/a")
             open_cell = fmt_latency(open_p99) if opens else "n/a"
             if open_short:
                 open_cell += " †"

@@ -123,7 +123,10 @@ impl Transport {
                         Ok((n, stamp)) => {
                             // SAFETY: recvmsg initialised the first n bytes of the spare room.
                             unsafe { buf.set_len(buf.len() + n) };
-                            *last_rx = stamp.and_then(stamp_instant);
+                            // End of stream carries no stamp: keep the last bytes' one.
+                            if n > 0 {
+                                *last_rx = stamp.and_then(stamp_instant);
+                            }
                             return Ok(n);
                         }
                         Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -184,7 +187,10 @@ fn recv_stamped(
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            let room = libc::CMSG_LEN(std::mem::size_of::<libc::timespec>() as u32) as usize;
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+                && (*cmsg).cmsg_len as usize >= room
             {
                 stamp = Some(std::ptr::read_unaligned(
                     libc::CMSG_DATA(cmsg) as *const libc::timespec

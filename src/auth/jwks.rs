@@ -182,15 +182,23 @@ pub struct Fetched {
 /// Largest JWKS body accepted.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
-/// Connects to the first address of `url`'s host that answers, before `deadline`.
+/// Connects to the first address of `url`'s host that answers, before `deadline`. Each address
+/// gets an equal share of the time left, so one that never answers (an unreachable IPv6
+/// route) leaves time for the next.
 fn connect(url: &JwksUrl, deadline: Instant) -> Result<DeadlineSocket, String> {
-    let addrs = (url.host.as_str(), url.port)
+    let addrs: Vec<_> = (url.host.as_str(), url.port)
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", url.host))?;
+        .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
+        .collect();
     let mut last = format!("{} resolved to no address", url.host);
-    for addr in addrs {
-        match DeadlineSocket::connect(&addr, deadline) {
-            Ok(stream) => return Ok(stream),
+    for (i, addr) in addrs.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let share = left / (addrs.len() - i) as u32;
+        match DeadlineSocket::connect(addr, Instant::now() + share) {
+            Ok(mut stream) => {
+                stream.extend_to(deadline);
+                return Ok(stream);
+            }
             Err(e) => last = format!("connect {addr}: {e}"),
         }
     }

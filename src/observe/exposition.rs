@@ -396,12 +396,23 @@ fn render_prometheus(reports: &[MetricsReport], facts: &ControlFacts) -> String 
         "gauge",
         "Active health check verdict per target: 1 up, 0 down (absent until the first verdict).",
     );
+    // An address listed twice under one upstream (two server names on one IP) is one series:
+    // down when either entry is.
+    let mut verdicts: Vec<(&str, std::net::SocketAddr, bool)> = Vec::new();
     for target in &facts.health {
-        if let Some(up) = target.up {
-            let address = target.target.to_string();
-            let pairs = [("upstream", target.upstream.as_str()), ("target", &address)];
-            let _ = writeln!(out, "{name}{} {}", labels(&pairs), u8::from(up));
+        let Some(up) = target.up else { continue };
+        match verdicts
+            .iter_mut()
+            .find(|(u, t, _)| *u == target.upstream && *t == target.target)
+        {
+            Some(seen) => seen.2 &= up,
+            None => verdicts.push((&target.upstream, target.target, up)),
         }
+    }
+    for (upstream, target, up) in verdicts {
+        let address = target.to_string();
+        let pairs = [("upstream", upstream), ("target", &address)];
+        let _ = writeln!(out, "{name}{} {}", labels(&pairs), u8::from(up));
     }
     let name = "credentialflow_snapshot_version";
     header(
@@ -529,6 +540,17 @@ mod tests {
                     target: "127.0.0.1:9003".parse().unwrap(),
                     up: None,
                 },
+                // The same address again (another server name): one series, down.
+                TargetHealth {
+                    upstream: "api".into(),
+                    target: "127.0.0.1:9001".parse().unwrap(),
+                    up: Some(false),
+                },
+                TargetHealth {
+                    upstream: "other".into(),
+                    target: "127.0.0.1:9001".parse().unwrap(),
+                    up: Some(true),
+                },
             ],
             ..ControlFacts::default()
         };
@@ -536,7 +558,15 @@ mod tests {
         let name = "credentialflow_upstream_health_check_up";
         assert!(text.contains(&format!("# TYPE {name} gauge\n")));
         assert!(text.contains(&format!(
-            "\n{name}{{upstream=\"api\",target=\"127.0.0.1:9001\"}} 1\n"
+            "\n{name}{{upstream=\"api\",target=\"127.0.0.1:9001\"}} 0\n"
+        )));
+        assert_eq!(
+            text.matches("upstream=\"api\",target=\"127.0.0.1:9001\"")
+                .count(),
+            1
+        );
+        assert!(text.contains(&format!(
+            "\n{name}{{upstream=\"other\",target=\"127.0.0.1:9001\"}} 1\n"
         )));
         assert!(text.contains(&format!(
             "\n{name}{{upstream=\"api\",target=\"127.0.0.1:9002\"}} 0\n"
