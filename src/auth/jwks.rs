@@ -237,7 +237,7 @@ pub fn fetch(
             .write_all(request.as_bytes())
             .map_err(|e| format!("send: {e}"))?;
         // An IdP may close without close_notify; the framing check below catches truncation.
-        if let Err(e) = (&mut tls_stream).take(limit).read_to_end(&mut raw) {
+        if let Err(e) = read_response(&mut tls_stream, limit, &mut raw) {
             if raw.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof {
                 return Err(format!("read: {e}"));
             }
@@ -247,12 +247,64 @@ pub fn fetch(
         stream
             .write_all(request.as_bytes())
             .map_err(|e| format!("send: {e}"))?;
-        stream
-            .take(limit)
-            .read_to_end(&mut raw)
-            .map_err(|e| format!("read: {e}"))?;
+        read_response(&mut stream, limit, &mut raw).map_err(|e| format!("read: {e}"))?;
     }
     parse_response(&raw)
+}
+
+/// Reads the response into `raw` (at most `limit` bytes) until the server closes, or until
+/// nothing more is needed: a 200 response's body is complete by its own framing
+/// (`Content-Length` or chunked), or the head of any other status is in. An IdP that keeps the
+/// connection open despite `Connection: close` is not waited out.
+fn read_response(mut stream: impl Read, limit: u64, raw: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut chunk = [0u8; 16 * 1024];
+    while (raw.len() as u64) < limit {
+        let room = (limit - raw.len() as u64).min(chunk.len() as u64) as usize;
+        let n = stream.read(&mut chunk[..room])?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+        if body_complete(raw) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `raw` holds all the fetch needs: a whole 200 response framed by `Content-Length` or
+/// chunked encoding (a malformed chunk counts: reading on would not mend it), or the complete
+/// head of another status (refused whatever its body).
+fn body_complete(raw: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(head_len)) = response.parse(raw) else {
+        return false;
+    };
+    if response.code != Some(200) {
+        return true;
+    }
+    let rest = &raw[head_len..];
+    for h in response.headers.iter() {
+        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked")
+        {
+            let mut scanner = crate::http::chunked::ChunkedScanner::new();
+            return scanner.scan(rest, |_, _| {}).is_err() || scanner.is_done();
+        }
+    }
+    response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
+        .is_some_and(|n| rest.len() >= n)
 }
 
 fn parse_response(raw: &[u8]) -> Result<Fetched, String> {
@@ -441,5 +493,50 @@ mod tests {
         assert!(err.starts_with("read:"), "{err}");
         assert!(took < Duration::from_secs(1), "{took:?}");
         server.join().unwrap();
+    }
+
+    #[test]
+    fn a_server_keeping_the_connection_open_after_the_body_is_not_waited_out() {
+        // The server ignores `Connection: close`: the body is complete by its length, and the
+        // socket stays open past the fetch's timeout.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url =
+            JwksUrl::parse(&format!("http://{}/jwks", listener.local_addr().unwrap())).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request);
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+        });
+        let started = Instant::now();
+        let fetched = fetch(&url, Duration::from_secs(1), None).unwrap();
+        assert_eq!(fetched.body, b"{}");
+        assert!(started.elapsed() < Duration::from_millis(500));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_body_is_complete_by_its_framing_only() {
+        assert!(body_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+        ));
+        assert!(!body_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{}"
+        ));
+        assert!(body_complete(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        ));
+        assert!(!body_complete(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n"
+        ));
+        // Delimited by the close, or the head still arriving: read on.
+        assert!(!body_complete(b"HTTP/1.1 200 OK\r\n\r\n{}"));
+        assert!(!body_complete(b"HTTP/1.1 200 OK\r\nContent-Le"));
+        // Another status is refused as soon as its head is in.
+        assert!(body_complete(
+            b"HTTP/1.1 500 Oops\r\nContent-Length: 9\r\n\r\n"
+        ));
     }
 }
