@@ -438,12 +438,13 @@ mod tests {
         assert!(parse_response(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n").is_err());
     }
 
-    /// Serves one connection: reads the request, then writes `head` and trickles `body` a byte
-    /// every `gap`.
+    /// Serves one connection: reads the request, then writes `head`, trickles `body` a byte
+    /// every `gap`, and keeps the connection open for `hold` before closing it.
     fn serve_slowly(
         head: &'static [u8],
         body: &'static [u8],
         gap: Duration,
+        hold: Duration,
     ) -> (JwksUrl, std::thread::JoinHandle<()>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url =
@@ -461,6 +462,7 @@ mod tests {
                 }
                 std::thread::sleep(gap);
             }
+            std::thread::sleep(hold);
         });
         (url, server)
     }
@@ -470,6 +472,7 @@ mod tests {
         let (url, server) = serve_slowly(
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n",
             b"{}",
+            Duration::ZERO,
             Duration::ZERO,
         );
         let fetched = fetch(&url, Duration::from_secs(5), None).unwrap();
@@ -484,6 +487,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n",
             b"{\"keys\": []                            }",
             Duration::from_millis(50),
+            Duration::ZERO,
         );
         let started = Instant::now();
         let err = fetch(&url, Duration::from_millis(300), None)
@@ -499,17 +503,12 @@ mod tests {
     fn a_server_keeping_the_connection_open_after_the_body_is_not_waited_out() {
         // The server ignores `Connection: close`: the body is complete by its length, and the
         // socket stays open past the fetch's timeout.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url =
-            JwksUrl::parse(&format!("http://{}/jwks", listener.local_addr().unwrap())).unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut request = [0u8; 1024];
-            let _ = s.read(&mut request);
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-                .unwrap();
-            std::thread::sleep(Duration::from_millis(1500));
-        });
+        let (url, server) = serve_slowly(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+            b"{}",
+            Duration::ZERO,
+            Duration::from_millis(1500),
+        );
         let started = Instant::now();
         let fetched = fetch(&url, Duration::from_secs(1), None).unwrap();
         assert_eq!(fetched.body, b"{}");
