@@ -272,67 +272,67 @@ fn read_response(mut stream: impl Read, limit: u64, raw: &mut Vec<u8>) -> std::i
     Ok(())
 }
 
+/// A JWKS response's head: what framing and caching need.
+struct Head {
+    code: u16,
+    len: usize,
+    chunked: bool,
+    length: Option<usize>,
+    max_age: Option<Duration>,
+}
+
+/// The head at the start of `raw`; `None` while it is incomplete or when it is malformed.
+fn parse_head(raw: &[u8]) -> Option<Head> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(len)) = response.parse(raw) else {
+        return None;
+    };
+    let mut head = Head {
+        code: response.code.unwrap_or(0),
+        len,
+        chunked: false,
+        length: None,
+        max_age: None,
+    };
+    for h in response.headers.iter() {
+        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            head.chunked = value.eq_ignore_ascii_case("chunked");
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            head.length = value.parse::<usize>().ok();
+        } else if h.name.eq_ignore_ascii_case("cache-control") {
+            head.max_age = cache_max_age(value);
+        }
+    }
+    Some(head)
+}
+
 /// Whether `raw` holds all the fetch needs: a whole 200 response framed by `Content-Length` or
 /// chunked encoding (a malformed chunk counts: reading on would not mend it), or the complete
 /// head of another status (refused whatever its body).
 fn body_complete(raw: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut response = httparse::Response::new(&mut headers);
-    let Ok(httparse::Status::Complete(head_len)) = response.parse(raw) else {
+    let Some(head) = parse_head(raw) else {
         return false;
     };
-    if response.code != Some(200) {
+    if head.code != 200 {
         return true;
     }
-    let rest = &raw[head_len..];
-    for h in response.headers.iter() {
-        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
-        if h.name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked")
-        {
-            let mut scanner = crate::http::chunked::ChunkedScanner::new();
-            return scanner.scan(rest, |_, _| {}).is_err() || scanner.is_done();
-        }
+    let rest = &raw[head.len..];
+    if head.chunked {
+        let mut scanner = crate::http::chunked::ChunkedScanner::new();
+        return scanner.scan(rest, |_, _| {}).is_err() || scanner.is_done();
     }
-    response
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| {
-            std::str::from_utf8(h.value)
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()
-        })
-        .is_some_and(|n| rest.len() >= n)
+    head.length.is_some_and(|n| rest.len() >= n)
 }
 
 fn parse_response(raw: &[u8]) -> Result<Fetched, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(raw) {
-        Ok(httparse::Status::Complete(n)) => n,
-        _ => return Err("malformed HTTP response".into()),
-    };
-    let code = response.code.unwrap_or(0);
-    if code != 200 {
-        return Err(format!("HTTP status {code}"));
+    let head = parse_head(raw).ok_or("malformed HTTP response")?;
+    if head.code != 200 {
+        return Err(format!("HTTP status {}", head.code));
     }
-    let mut chunked = false;
-    let mut length = None;
-    let mut max_age = None;
-    for h in response.headers.iter() {
-        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            length = value.parse::<usize>().ok();
-        } else if h.name.eq_ignore_ascii_case("cache-control") {
-            max_age = cache_max_age(value);
-        }
-    }
-    let rest = &raw[head_len..];
-    let body = if chunked {
+    let rest = &raw[head.len..];
+    let body = if head.chunked {
         let mut body = Vec::new();
         let mut scanner = crate::http::chunked::ChunkedScanner::new();
         scanner
@@ -343,7 +343,7 @@ fn parse_response(raw: &[u8]) -> Result<Fetched, String> {
         }
         body
     } else {
-        match length {
+        match head.length {
             Some(n) if rest.len() < n => return Err("truncated body".into()),
             Some(n) => rest[..n].to_vec(),
             None => rest.to_vec(),
@@ -352,7 +352,10 @@ fn parse_response(raw: &[u8]) -> Result<Fetched, String> {
     if body.len() > MAX_JWKS_BYTES {
         return Err("JWKS body larger than 1 MiB".into());
     }
-    Ok(Fetched { body, max_age })
+    Ok(Fetched {
+        body,
+        max_age: head.max_age,
+    })
 }
 
 /// `max-age` from a `Cache-Control` value (`no-store`/`no-cache` count as 0).

@@ -345,19 +345,19 @@ pub struct HealthCheckSection {
     pub healthy_threshold: Spanned<u32>,
 }
 
-fn default_health_path() -> Spanned<String> {
+pub(crate) fn default_health_path() -> Spanned<String> {
     Spanned::new(0..0, "/healthz".to_string())
 }
-fn default_health_interval() -> Spanned<ConfigDuration> {
+pub(crate) fn default_health_interval() -> Spanned<ConfigDuration> {
     Spanned::new(0..0, ConfigDuration(Duration::from_secs(5)))
 }
-fn default_health_timeout() -> Spanned<ConfigDuration> {
+pub(crate) fn default_health_timeout() -> Spanned<ConfigDuration> {
     Spanned::new(0..0, ConfigDuration(Duration::from_secs(1)))
 }
-fn default_unhealthy_threshold() -> Spanned<u32> {
+pub(crate) fn default_unhealthy_threshold() -> Spanned<u32> {
     Spanned::new(0..0, 2)
 }
-fn default_healthy_threshold() -> Spanned<u32> {
+pub(crate) fn default_healthy_threshold() -> Spanned<u32> {
     Spanned::new(0..0, 1)
 }
 

@@ -39,10 +39,19 @@ fn time_left(deadline: Instant) -> std::io::Result<Duration> {
     Ok(left)
 }
 
+/// A socket timeout shows as `WouldBlock` (EAGAIN) on Linux: name it for what it is.
+fn timed_out(err: std::io::Error) -> std::io::Error {
+    if err.kind() == ErrorKind::WouldBlock {
+        ErrorKind::TimedOut.into()
+    } else {
+        err
+    }
+}
+
 impl Read for DeadlineSocket {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.tcp.set_read_timeout(Some(time_left(self.deadline)?))?;
-        self.tcp.read(buf)
+        self.tcp.read(buf).map_err(timed_out)
     }
 }
 
@@ -50,7 +59,7 @@ impl Write for DeadlineSocket {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.tcp
             .set_write_timeout(Some(time_left(self.deadline)?))?;
-        self.tcp.write(buf)
+        self.tcp.write(buf).map_err(timed_out)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

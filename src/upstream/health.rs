@@ -37,14 +37,16 @@ pub struct HealthCheck {
     pub healthy_threshold: u32,
 }
 
+/// The config's defaults (`[upstreams.health_check]` with no keys).
 impl Default for HealthCheck {
     fn default() -> Self {
+        use crate::config as c;
         HealthCheck {
-            path: "/healthz".to_string(),
-            interval: Duration::from_secs(5),
-            timeout: Duration::from_secs(1),
-            unhealthy_threshold: 2,
-            healthy_threshold: 1,
+            path: c::default_health_path().into_inner(),
+            interval: c::default_health_interval().into_inner().0,
+            timeout: c::default_health_timeout().into_inner().0,
+            unhealthy_threshold: c::default_unhealthy_threshold().into_inner(),
+            healthy_threshold: c::default_healthy_threshold().into_inner(),
         }
     }
 }
